@@ -1,0 +1,125 @@
+"""The BLO-SAM module: a frozen SAM-family backbone with LoRA on the mask decoder and a learned dense prompt."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from blosam_med.model.adapter import DECODER_HEADS, LoraSettings, count_lora_modules, inject_lora
+from blosam_med.model.backbones import Backbone
+from blosam_med.model.preprocess import postprocess_logits
+
+__all__ = ["BloSam", "PROMPT_PARAMETER"]
+
+#: The upper-level variable: SAM's dense "no mask" embedding, broadcast over the embedding grid.
+PROMPT_PARAMETER = "prompt_encoder.no_mask_embed.weight"
+
+
+class BloSam(nn.Module):
+    """Prompt-free SAM for few-shot segmentation (BLO-SAM, arXiv 2402.16338).
+
+    The image encoder is frozen (and stays in eval mode). LoRA adapters (``peft``) sit on the q/v projections of the
+    mask decoder's two-way transformer; with ``train_heads`` the decoder's output heads are trained with them. These
+    are the lower-level parameters. The upper-level parameter is the dense prompt embedding
+    (``prompt_encoder.no_mask_embed``, initialised at its pretrained value), so no prompt is needed at inference.
+
+    Args:
+        backbone: a built backbone (see :func:`blosam_med.model.build_backbone`).
+        lora: LoRA rank, alpha and dropout.
+        train_heads: also train the decoder heads (output upscaling, hypernetwork MLPs, IoU head, output tokens).
+
+    Example::
+
+        model = BloSam(build_backbone("litemedsam"))
+        logits = model.forward_embeddings(embeddings)  # (B, 256, 64, 64) -> (B, 1, 256, 256)
+    """
+
+    def __init__(self, backbone: Backbone, lora: LoraSettings = LoraSettings(), train_heads: bool = True) -> None:
+        super().__init__()
+        self.backbone_name = backbone.name
+        self.backbone_fingerprint = backbone.fingerprint
+        self.preprocessing = backbone.preprocessing
+        self.embedding_shape = tuple(backbone.embedding_shape)
+        self.lora = lora
+        self.train_heads = train_heads
+        # The encoder is shared (several adapters may use one backbone); the decoder side is copied, never mutated.
+        self.image_encoder = backbone.image_encoder
+        self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
+        self.mask_decoder = copy.deepcopy(backbone.mask_decoder)
+        inject_lora(self, lora)  # freezes every non-LoRA parameter
+        if train_heads:
+            for name in DECODER_HEADS:
+                getattr(self.mask_decoder, name).requires_grad_(True)
+        self.prompt_encoder.no_mask_embed.weight.requires_grad_(True)
+        self.image_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BloSam:
+        """Set train mode on the decoder side; the frozen encoder always stays in eval mode."""
+        super().train(mode)
+        self.image_encoder.eval()
+        return self
+
+    @property
+    def prompt(self) -> nn.Parameter:
+        """The learned dense prompt (1, C)."""
+        return self.prompt_encoder.no_mask_embed.weight
+
+    def upper_parameters(self) -> list[nn.Parameter]:
+        """Upper-level (prompt) parameters."""
+        return [self.prompt]
+
+    def named_lower_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Lower-level parameters with their names: LoRA weights and, with ``train_heads``, the decoder heads."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and n != PROMPT_PARAMETER]
+
+    def lower_parameters(self) -> list[nn.Parameter]:
+        """Lower-level parameters: LoRA weights and, with ``train_heads``, the decoder heads."""
+        return [p for _, p in self.named_lower_parameters()]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor (lower and upper level), detached, on the CPU."""
+        return {n: p.detach().cpu().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    @property
+    def lora_modules(self) -> int:
+        return count_lora_modules(self)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder: preprocessed (B, 3, S, S) -> embeddings (B, C, h, w)."""
+        return self.image_encoder(images)
+
+    def forward_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Prompt-free decoding of a batch in one decoder call.
+
+        Args:
+            embeddings: (B, C, h, w) image embeddings.
+
+        Returns:
+            (B, 1, 4h, 4w) mask logits (256x256 for LiteMedSAM and SAM), in the padded input frame.
+        """
+        if embeddings.ndim != 4 or tuple(embeddings.shape[1:]) != self.embedding_shape:
+            raise ValueError(f"expected embeddings (B, {', '.join(map(str, self.embedding_shape))}), "
+                             f"got {tuple(embeddings.shape)}")
+        grid = embeddings.shape[-2:]
+        # Prompt batch 1 against image batch B: segment_anything broadcasts in attention (one call, no loop).
+        dense = self.prompt.reshape(1, -1, 1, 1).expand(1, -1, *grid)
+        sparse = embeddings.new_zeros((1, 0, embeddings.shape[1]))
+        logits, _ = self.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (B, 3, S, S) -> mask logits (B, 1, 256, 256); the encoder runs without gradients."""
+        return self.forward_embeddings(self.encode(images))
+
+    def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """Undo padding and resizing: (B, 1, h, w) logits -> (B, 1, H, W) at the original image size."""
+        return postprocess_logits(logits, self.preprocessing, original_size)

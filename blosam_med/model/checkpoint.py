@@ -1,0 +1,109 @@
+"""Adapter checkpoints: only what BLO-SAM trains (LoRA, decoder heads, prompt) plus what describes the model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blosam_med.io import atomic_write
+from blosam_med.model.adapter import LoraSettings
+from blosam_med.model.backbones import Backbone, Preprocessing, build_backbone
+from blosam_med.model.blosam import BloSam
+
+__all__ = ["ADAPTER_FORMAT", "save_adapter", "read_adapter", "load_adapter", "BackboneMismatchError"]
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FORMAT = "blosam_med.adapter/1"
+
+
+class BackboneMismatchError(ValueError):
+    """An adapter was loaded into a backbone other than the one it was trained on."""
+
+
+def save_adapter(model: BloSam, path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write the trained tensors and the model description to ``path`` atomically.
+
+    Args:
+        model: the trained model.
+        path: output file (conventionally ``adapter.pt``).
+        extra: JSON-like metadata stored under ``"extra"`` (task preset, shots, A/B draw, metrics...).
+        overwrite: replace an existing file.
+    """
+    payload = {
+        "format": ADAPTER_FORMAT,
+        "backbone": model.backbone_name,
+        "backbone_fingerprint": model.backbone_fingerprint,
+        "preprocessing": model.preprocessing.to_dict(),
+        "embedding_shape": list(model.embedding_shape),
+        "lora": model.lora.to_dict(),
+        "train_heads": model.train_heads,
+        "state_dict": model.trainable_state_dict(),
+        "extra": extra or {},
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+
+
+def read_adapter(path: str | Path) -> dict[str, Any]:
+    """Read and check an adapter file (``weights_only=True``); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: adapter checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable adapter checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not a blosam_med adapter (format {found!r}, expected {ADAPTER_FORMAT!r})")
+    return payload
+
+
+def load_adapter(
+    path: str | Path, backbone: Backbone | None = None, *, checkpoint: str | Path | None = None
+) -> tuple[BloSam, dict[str, Any]]:
+    """Rebuild a trained BLO-SAM model from an adapter file.
+
+    Args:
+        path: adapter file written by :func:`save_adapter`.
+        backbone: an already built backbone to reuse (several adapters may share one); built from the adapter's
+            backbone name and ``checkpoint`` when ``None``.
+        checkpoint: backbone checkpoint for SAM/MedSAM backbones.
+
+    Returns:
+        The model (eval mode) and the adapter's ``extra`` metadata.
+
+    Raises:
+        BackboneMismatchError: ``backbone`` is not the one the adapter was trained on.
+    """
+    payload = read_adapter(path)
+    name = payload["backbone"]
+    if backbone is None:
+        backbone = build_backbone(name, checkpoint)
+    if backbone.name != name or list(backbone.embedding_shape) != list(payload["embedding_shape"]):
+        raise BackboneMismatchError(f"{path}: adapter was trained on backbone '{name}' "
+                                    f"(embeddings {tuple(payload['embedding_shape'])}), not '{backbone.name}' "
+                                    f"(embeddings {tuple(backbone.embedding_shape)})")
+    if backbone.fingerprint != payload["backbone_fingerprint"]:
+        logger.warning("%s: trained on %s weights %s, loading into %s", path, name, payload["backbone_fingerprint"],
+                       backbone.fingerprint)
+    if Preprocessing.from_dict(payload["preprocessing"]) != backbone.preprocessing:
+        raise BackboneMismatchError(f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
+                                    f"backbone's {backbone.preprocessing.to_dict()}")
+    model = BloSam(backbone, LoraSettings(**payload["lora"]), train_heads=bool(payload["train_heads"]))
+    own = dict(model.named_parameters())
+    state = payload["state_dict"]
+    expected = {n for n, p in own.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise BackboneMismatchError(f"{path}: adapter tensors do not fit the model; missing: {missing[:5]}, "
+                                    f"unexpected: {unexpected[:5]}")
+    with torch.no_grad():
+        for n, t in state.items():
+            if own[n].shape != t.shape:
+                raise BackboneMismatchError(f"{path}: {n} has shape {tuple(t.shape)}, model has {tuple(own[n].shape)}")
+            own[n].copy_(t)
+    return model.eval(), payload.get("extra", {})

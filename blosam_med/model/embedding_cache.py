@@ -1,0 +1,126 @@
+"""On-disk cache of frozen-encoder embeddings, so training and repeated runs never re-run the encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from blosam_med.io import atomic_write
+from blosam_med.model.backbones import Backbone
+from blosam_med.model.preprocess import preprocess_image
+
+__all__ = ["EmbeddingCache"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingCache:
+    """Encoder outputs keyed by (input content, backbone weights, preprocessing).
+
+    The key hashes the preprocessed encoder input, so an augmented view, a different window or a different
+    preprocessing is a different entry. Entries are written atomically; an unreadable, truncated or inconsistent entry
+    is logged, recomputed and rewritten.
+
+    Args:
+        backbone: the backbone whose encoder produces the embeddings.
+        root: cache folder; ``None`` keeps entries in memory only.
+        device: where the encoder runs.
+        batch_size: images per encoder call.
+        progress: show a progress bar while encoding.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        root: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 4,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.root = Path(root) if root is not None else None
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.progress = progress
+        self._memory: dict[str, torch.Tensor] = {}
+        self.encoder_calls = 0
+        self._salt = json.dumps(
+            {"backbone": backbone.name, "weights": backbone.fingerprint, "prep": backbone.preprocessing.to_dict()},
+            sort_keys=True,
+        ).encode()
+
+    def key(self, encoder_input: torch.Tensor) -> str:
+        """SHA-256 of the backbone description and the preprocessed input's bytes."""
+        h = hashlib.sha256(self._salt)
+        h.update(str(tuple(encoder_input.shape)).encode())
+        h.update(encoder_input.detach().cpu().float().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / self.backbone.name / key[:2] / f"{key}.pt"
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self.root is None:
+            return None
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            emb = entry["embedding"]
+            if entry.get("key") != key or tuple(emb.shape) != tuple(self.backbone.embedding_shape):
+                raise ValueError(f"key or shape mismatch ({tuple(emb.shape)})")
+            if not torch.isfinite(emb).all():
+                raise ValueError("non-finite values")
+        except Exception as err:  # corrupt entries are recomputed, never fatal
+            logger.warning("%s: unusable cache entry (%s: %s); recomputing", path, type(err).__name__, err)
+            return None
+        return emb
+
+    def _write(self, key: str, emb: torch.Tensor) -> None:
+        if self.root is None:
+            self._memory[key] = emb
+            return
+        atomic_write(self._path(key), lambda tmp: torch.save({"key": key, "embedding": emb.clone()}, tmp),
+                     overwrite=True)
+
+    @torch.inference_mode()
+    def _encode(self, batch: torch.Tensor) -> torch.Tensor:
+        self.encoder_calls += 1
+        encoder = self.backbone.image_encoder.to(self.device)
+        return encoder(batch.to(self.device)).float().cpu()
+
+    def embed_inputs(self, inputs: Sequence[torch.Tensor], desc: str = "encoding") -> torch.Tensor:
+        """Embeddings (N, C, h, w) for preprocessed encoder inputs, each (3, S, S); misses are encoded in batches."""
+        keys = [self.key(x) for x in inputs]
+        found: dict[str, torch.Tensor] = {}
+        for k in dict.fromkeys(keys):
+            emb = self._read(k)
+            if emb is not None:
+                found[k] = emb
+        missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not self.progress, leave=False)
+            for start in range(0, len(missing), self.batch_size):
+                chunk = missing[start : start + self.batch_size]
+                embs = self._encode(torch.stack([inputs[first[k]] for k in chunk]))
+                for k, emb in zip(chunk, embs):
+                    self._write(k, emb)
+                    found[k] = emb
+                bar.update(len(chunk))
+            bar.close()
+        return torch.stack([found[k] for k in keys])
+
+    def embed(self, images: Sequence[torch.Tensor], desc: str = "encoding") -> torch.Tensor:
+        """Embeddings (N, C, h, w) for images (C, H, W) in [0, 1], preprocessed for this backbone first."""
+        return self.embed_inputs([preprocess_image(im, self.backbone.preprocessing) for im in images], desc)

