@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from blosam_med.model.adapter import DECODER_HEADS, LORA_TARGET, LoraSettings, count_lora_modules, inject_lora
 from blosam_med.model.backbones import (
     BACKBONES,
@@ -11,17 +14,22 @@ from blosam_med.model.backbones import (
     build_backbone,
     load_state_dict_checked,
 )
-from blosam_med.model.blosam import PROMPT_PARAMETER, BloSam
+from blosam_med.model.blosam import PROMPT_PARAMETER, BloSam, PromptFreeDecoder
 from blosam_med.model.checkpoint import BackboneMismatchError, load_adapter, read_adapter, save_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import postprocess_logits, preprocess_batch, preprocess_image, resized_shape
 
 __all__ = [
     "BACKBONES", "Backbone", "BackboneMismatchError", "BloSam", "CheckpointMismatchError", "DECODER_HEADS",
-    "EmbeddingCache", "LORA_TARGET", "LoraSettings", "PROMPT_PARAMETER", "Preprocessing", "build_backbone",
-    "count_lora_modules", "describe_model", "inject_lora", "load_adapter", "load_state_dict_checked",
+    "EmbeddingCache", "LORA_TARGET", "LoraSettings", "PROMPT_PARAMETER", "Preprocessing", "PromptFreeDecoder", "build_backbone",
+    "count_lora_modules", "default_cache_dir", "describe_model", "inject_lora", "load_adapter", "load_state_dict_checked",
     "postprocess_logits", "preprocess_batch", "preprocess_image", "read_adapter", "resized_shape", "save_adapter",
 ]
+
+
+def default_cache_dir() -> Path:
+    """Embedding cache folder: ``$BLOSAM_CACHE`` or ``~/.cache/blosam_med/embeddings``."""
+    return Path(os.environ.get("BLOSAM_CACHE", Path.home() / ".cache" / "blosam_med" / "embeddings"))
 
 
 def describe_model(backbone: str = "litemedsam", checkpoint: str | None = None, lora_rank: int = 4) -> dict:

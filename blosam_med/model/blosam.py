@@ -11,7 +11,7 @@ from blosam_med.model.adapter import DECODER_HEADS, LoraSettings, count_lora_mod
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.preprocess import postprocess_logits
 
-__all__ = ["BloSam", "PROMPT_PARAMETER"]
+__all__ = ["BloSam", "PromptFreeDecoder", "PROMPT_PARAMETER"]
 
 #: The upper-level variable: SAM's dense "no mask" embedding, broadcast over the embedding grid.
 PROMPT_PARAMETER = "prompt_encoder.no_mask_embed.weight"
@@ -38,6 +38,7 @@ class BloSam(nn.Module):
 
     def __init__(self, backbone: Backbone, lora: LoraSettings = LoraSettings(), train_heads: bool = True) -> None:
         super().__init__()
+        self.backbone = backbone  # a plain dataclass: its modules are not registered twice
         self.backbone_name = backbone.name
         self.backbone_fingerprint = backbone.fingerprint
         self.preprocessing = backbone.preprocessing
@@ -82,6 +83,19 @@ class BloSam(nn.Module):
         """Every trained tensor (lower and upper level), detached, on the CPU."""
         return {n: p.detach().cpu().clone() for n, p in self.named_parameters() if p.requires_grad}
 
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Copy trained tensors in; the keys must be exactly this model's trainable parameters."""
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        wrong = sorted(n for n in expected & set(state) if own[n].shape != state[n].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(f"{source}: trained tensors do not fit this model; missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                own[n].copy_(t)
+
     @property
     def lora_modules(self) -> int:
         return count_lora_modules(self)
@@ -123,3 +137,15 @@ class BloSam(nn.Module):
     def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Undo padding and resizing: (B, 1, h, w) logits -> (B, 1, H, W) at the original image size."""
         return postprocess_logits(logits, self.preprocessing, original_size)
+
+
+class PromptFreeDecoder(nn.Module):
+    """``embeddings -> logits`` view of a :class:`BloSam`, for engines and inferers that call ``network(inputs)``
+    (MONAI's ``SupervisedEvaluator``, ``torch.func.functional_call``)."""
+
+    def __init__(self, model: BloSam) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_embeddings(embeddings)

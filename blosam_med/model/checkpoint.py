@@ -94,16 +94,8 @@ def load_adapter(
         raise BackboneMismatchError(f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
                                     f"backbone's {backbone.preprocessing.to_dict()}")
     model = BloSam(backbone, LoraSettings(**payload["lora"]), train_heads=bool(payload["train_heads"]))
-    own = dict(model.named_parameters())
-    state = payload["state_dict"]
-    expected = {n for n, p in own.items() if p.requires_grad}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise BackboneMismatchError(f"{path}: adapter tensors do not fit the model; missing: {missing[:5]}, "
-                                    f"unexpected: {unexpected[:5]}")
-    with torch.no_grad():
-        for n, t in state.items():
-            if own[n].shape != t.shape:
-                raise BackboneMismatchError(f"{path}: {n} has shape {tuple(t.shape)}, model has {tuple(own[n].shape)}")
-            own[n].copy_(t)
+    try:
+        model.load_trainable_state_dict(payload["state_dict"], str(path))
+    except ValueError as err:
+        raise BackboneMismatchError(str(err)) from err
     return model.eval(), payload.get("extra", {})

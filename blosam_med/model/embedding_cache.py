@@ -29,7 +29,7 @@ class EmbeddingCache:
 
     Args:
         backbone: the backbone whose encoder produces the embeddings.
-        root: cache folder; ``None`` keeps entries in memory only.
+        root: cache folder; ``None`` stores nothing (identical inputs within one call are still encoded once).
         device: where the encoder runs.
         batch_size: images per encoder call.
         progress: show a progress bar while encoding.
@@ -48,7 +48,6 @@ class EmbeddingCache:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.progress = progress
-        self._memory: dict[str, torch.Tensor] = {}
         self.encoder_calls = 0
         self._salt = json.dumps(
             {"backbone": backbone.name, "weights": backbone.fingerprint, "prep": backbone.preprocessing.to_dict()},
@@ -67,8 +66,6 @@ class EmbeddingCache:
         return self.root / self.backbone.name / key[:2] / f"{key}.pt"
 
     def _read(self, key: str) -> torch.Tensor | None:
-        if key in self._memory:
-            return self._memory[key]
         if self.root is None:
             return None
         path = self._path(key)
@@ -88,7 +85,6 @@ class EmbeddingCache:
 
     def _write(self, key: str, emb: torch.Tensor) -> None:
         if self.root is None:
-            self._memory[key] = emb
             return
         atomic_write(self._path(key), lambda tmp: torch.save({"key": key, "embedding": emb.clone()}, tmp),
                      overwrite=True)
