@@ -11,6 +11,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
 
 __all__ = ["main", "build_parser", "resolve_device"]
 
@@ -19,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 class CLIError(Exception):
     """A user error the CLI reports as one line on stderr with exit status 2."""
+
+
+#: Errors reported as one line naming the file and the problem (exit status 2), never a traceback.
+USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
 
 
 def resolve_device(name: str = "auto"):
@@ -58,9 +65,145 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- train
+def bundle_config(name: str) -> Path:
+    """A config file of the package's MONAI bundle (``bundles/blosam/configs``)."""
+    return Path(__file__).resolve().parent / "bundle" / "configs" / name
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="few-shot training (runs the bundle's train.yaml)")
+    p.add_argument("--task", required=True, help="task preset name (lung_xray, lung_ct, polyp, teeth) or YAML file")
+    p.add_argument("--data", required=True, help="datalist JSON or task folder")
+    p.add_argument("--out", required=True, help="output folder (adapter.pt, metrics.json, draw.json, checkpoints)")
+    p.add_argument("--shots", type=int, default=None, help="number of shots (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=("blosam", "single"), default="blosam")
+    p.add_argument("--hypergradient", choices=("first_order", "second_order"), default="first_order")
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--views", type=int, default=0, help="augmented views per shot (cached once)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--backbone", default="litemedsam")
+    p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --out)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="other bundle overrides (lora_rank=8)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from monai.bundle import ConfigWorkflow
+
+    from blosam_med.data import task_preset_path
+
+    data = Path(args.data)
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: datalist or data folder not found")
+    device = resolve_device(args.device)
+    override = {
+        "dataset_dir": str(data.parent if data.is_file() else data),
+        "datalist_file": str(data) if data.is_file() else None,
+        "output_dir": str(args.out), "seed": args.seed, "method": args.method, "hypergradient": args.hypergradient,
+        "iterations": args.iterations, "views": args.views, "batch_size": args.batch_size, "lr": args.lr,
+        "backbone": args.backbone, "backbone_checkpoint": args.checkpoint, "device": f"$torch.device('{device}')",
+        "resume": args.resume, "overwrite": args.overwrite,
+    }
+    if args.shots is not None:
+        override["shots"] = args.shots
+    if args.cache_dir is not None:
+        override["cache_dir"] = args.cache_dir
+    if args.tracking_uri is not None:
+        override["tracking_uri"] = args.tracking_uri
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--set {item}: expected ID=VALUE")
+        override[key] = yaml.safe_load(value)
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle_config("train.yaml")), str(task_preset_path(args.task))],
+        meta_file=str(bundle_config("metadata.json")), logging_file=False, run_id="training",
+        workflow_type="train", tracking="mlflow" if args.tracking or args.tracking_uri else None, **override,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    print(Path(args.out) / "adapter.pt")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD of an adapter on a datalist split")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--data", required=True, help="datalist JSON or task folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--task", default=None, help="task preset (default: the one stored in the adapter)")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from blosam_med.data import load_task
+    from blosam_med.inference import evaluate_adapter
+    from blosam_med.io import check_writable
+
+    check_writable(args.out, args.overwrite)
+    result = evaluate_adapter(
+        args.adapter, args.data, args.split, task=load_task(args.task) if args.task else None,
+        cache_dir=args.cache_dir, device=resolve_device(args.device), batch_size=args.batch_size,
+        nsd_tolerance_mm=args.nsd_tolerance, out=args.out, overwrite=args.overwrite,
+    )
+    print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="check a data folder and write a MONAI datalist JSON with a seeded split")
+    p.add_argument("--images", required=True,
+                   help="images folder, task folder (images/ + masks/ or labels/), or folder of <case>/dicom/ series")
+    p.add_argument("--masks", default=None, help="masks folder; None: masks/ or labels/ beside the images")
+    p.add_argument("--out", required=True, help="datalist JSON to write (paths inside are relative to it)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="share of cases in the test split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument("--label-values", type=int, nargs="+", default=None,
+                   help="mask values that are foreground; None: masks must be binary")
+    p.add_argument("--allow-empty", action="store_true", help="accept masks without foreground")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from blosam_med.data import DatalistError, prepare_datalist
+
+    try:
+        out, datalist = prepare_datalist(
+            args.images, args.masks, out=args.out, test_fraction=args.test_fraction, seed=args.seed,
+            label_values=args.label_values, require_foreground=not args.allow_empty, overwrite=args.overwrite,
+        )
+    except DatalistError as err:
+        print(f"blosam prepare: error: {len(err.problems)} problem(s); nothing written:", file=sys.stderr)
+        print("\n".join(f"  {p}" for p in err.problems), file=sys.stderr)
+        return 2
+    print(json.dumps({"datalist": str(out), "training": len(datalist["training"]), "test": len(datalist["test"])}))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ registration
 # Each entry adds one subcommand. Keep one ``_add_<name>`` function per subcommand above.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info, _add_prepare, _add_train, _add_evaluate,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CLIError, FileNotFoundError, ValueError) as err:
-        print(f"blosam {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"blosam {args.command}: error: {user_error}", file=sys.stderr)
         return 2
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError)."""
+    while err is not None:
+        if isinstance(err, USER_ERRORS):
+            return err
+        err = err.__cause__
+    return None

@@ -1,0 +1,155 @@
+"""DICOM checks before reading, so that a bad file or series is refused with its name and the reason.
+
+MONAI's ITK reader does the reading; these checks (pydicom, headers only where possible) turn what would be an
+opaque reader error, or a silently wrong volume (two series mixed, missing slices), into a message naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+__all__ = ["is_dicom_file", "check_dicom_file", "check_dicom_series", "dicom_info"]
+
+logger = logging.getLogger(__name__)
+
+_SKIP_NAMES = {"dicomdir", "readme", "readme.txt", "license", "license.txt"}
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True when the file starts with the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _read(path: Path, stop_before_pixels: bool) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as err:
+        raise ValueError(f"{path}: not a DICOM file (no 'DICM' preamble or file meta header; {err})") from err
+    except Exception as err:  # pydicom raises many types on truncated headers
+        raise ValueError(f"{path}: unreadable or truncated DICOM header ({type(err).__name__}: {err})") from err
+
+
+def _expected_bytes(ds: pydicom.Dataset) -> int:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated) // 8
+
+
+def _check_pixels(path: Path, ds: pydicom.Dataset, decode: bool) -> None:
+    if "PixelData" not in ds:
+        sop = ds.get("SOPClassUID")
+        raise ValueError(f"{path}: DICOM without pixel data (Modality {ds.get('Modality', '?')}, "
+                         f"{getattr(sop, 'name', sop)}); not an image")
+    if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
+        raise ValueError(f"{path}: DICOM pixel data without Rows/Columns/BitsAllocated; not a readable image")
+    compressed = ds.file_meta.TransferSyntaxUID.is_compressed if "TransferSyntaxUID" in ds.file_meta else False
+    if not compressed:
+        found, expected = len(ds.PixelData), _expected_bytes(ds)
+        if found < expected:
+            raise ValueError(f"{path}: truncated pixel data ({found} of {expected} bytes); the file is incomplete")
+    if decode or compressed:
+        try:
+            ds.pixel_array  # noqa: B018 - decoding catches corrupt or unsupported compressed data
+        except Exception as err:
+            raise ValueError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+
+
+def dicom_info(ds: pydicom.Dataset) -> dict[str, Any]:
+    """What a header says about display and geometry: frames, photometric interpretation, modality, spacing.
+
+    ``spacing`` is (row, column) in mm from PixelSpacing, else ImagerPixelSpacing (projection radiographs), else
+    ``None``.
+    """
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    return {
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "photometric": str(ds.get("PhotometricInterpretation", "")),
+        "modality": str(ds.get("Modality", "")),
+        "spacing": None if not spacing else (float(spacing[0]), float(spacing[1])),
+        "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
+    }
+
+
+def check_dicom_file(path: str | Path) -> dict[str, Any]:
+    """Check that one DICOM file holds a readable image and return :func:`dicom_info` of it.
+
+    Raises:
+        ValueError: naming the file: not DICOM, truncated header or pixel data, no pixel data (RTSTRUCT, SR, ...),
+            undecodable compressed pixel data.
+    """
+    path = Path(path)
+    ds = _read(path, stop_before_pixels=False)
+    _check_pixels(path, ds, decode=False)
+    return dicom_info(ds)
+
+
+def _series_files(folder: Path) -> list[Path]:
+    files = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith(".") or p.name.lower() in _SKIP_NAMES:
+            continue
+        if p.suffix.lower() not in (".dcm", ".ima", "") and not is_dicom_file(p):
+            logger.debug("%s: not DICOM, ignored in series folder %s", p.name, folder)
+            continue
+        files.append(p)
+    return files
+
+
+def check_dicom_series(folder: str | Path) -> dict[str, Any]:
+    """Check that a folder holds exactly one complete image series; return :func:`dicom_info` of its first file.
+
+    Raises:
+        ValueError: naming the folder or file: no DICOM files, unreadable or truncated files, non-image objects,
+            several series, inconsistent slice size, duplicate or missing slices (a gap in the slice positions).
+    """
+    folder = Path(folder)
+    files = _series_files(folder)
+    if not files:
+        raise ValueError(f"{folder}: no DICOM files; expected the files of one series")
+    series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    for f in files:
+        ds = _read(f, stop_before_pixels=False)
+        _check_pixels(f, ds, decode=False)
+        ds.PixelData = b""  # keep the header only
+        series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    if len(series) > 1:
+        counts = ", ".join(f"...{uid[-10:]} ({len(v)} files, e.g. {v[0][0].name})" for uid, v in series.items())
+        raise ValueError(f"{folder}: {len(series)} series in one folder: {counts}; put each series in its own folder")
+    (entries,) = series.values()
+    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in entries}
+    if len(sizes) > 1:
+        raise ValueError(f"{folder}: slices of different sizes {sorted(sizes)}; not one volume")
+    if len(entries) >= 3:
+        _check_positions(folder, entries)
+    return dicom_info(entries[0][1])
+
+
+def _check_positions(folder: Path, entries: list[tuple[Path, pydicom.Dataset]]) -> None:
+    if any("ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds for _, ds in entries):
+        return  # no geometry to check (ITK orders by instance number)
+    orient = np.array(entries[0][1].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orient[:3], orient[3:])
+    pos = np.array([float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))) for _, ds in entries])
+    order = np.argsort(pos)
+    gaps = np.diff(pos[order])
+    if np.any(gaps < 1e-3):
+        i = int(np.argmin(gaps))
+        a, b = entries[order[i]][0].name, entries[order[i + 1]][0].name
+        raise ValueError(f"{folder}: duplicate slice position in {a} and {b}; not one volume")
+    step = float(np.median(gaps))
+    big = gaps > 1.5 * step
+    if np.any(big):
+        i = int(np.argmax(gaps))
+        missing = int(np.round(gaps[big] / step).sum() - big.sum())
+        raise ValueError(f"{folder}: series has missing slices (about {missing} absent; gap of {gaps[i]:.2f} mm after "
+                         f"{entries[order[i]][0].name} against a spacing of {step:.2f} mm)")

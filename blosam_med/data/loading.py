@@ -1,0 +1,345 @@
+"""Reading images and masks through MONAI into windowed image/mask pairs and 2D samples.
+
+Readers (chosen by file type, never left to MONAI's guess): ``PILReader`` for PNG/JPEG/TIFF/BMP, ``NibabelReader`` for
+NIfTI, ``ITKReader`` for DICOM series folders and single DICOM files (it applies Rescale Slope/Intercept and shows
+MONOCHROME1 with MONOCHROME2 polarity). Files are checked first (pydicom for DICOM) so errors name the file.
+
+Array layout after reading:
+
+- 2D images: (C, H, W) = (channels, rows, columns), spacing (row, col) in mm in ``meta["spacing"]``;
+- volumes (NIfTI, DICOM series, multi-frame DICOM): (C, X, Y, Z) reoriented to RAS with ``Orientationd``;
+  the affine (and ``meta["original_affine"]`` as read) stays in the MetaTensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+
+from blosam_med.data.dicom import check_dicom_file, check_dicom_series, is_dicom_file
+from blosam_med.data.slices import volume_to_slices
+from blosam_med.data.tasks import TaskConfig
+from blosam_med.data.windowing import WindowIntensity
+
+__all__ = ["read_image", "load_pair", "load_samples", "volume_to_slices", "case_id", "image_kind", "RASTER_EXT"]
+
+logger = logging.getLogger(__name__)
+
+#: File endings read with PIL.
+RASTER_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_EXT = (".nii", ".nii.gz")
+_KEY = "image"
+
+
+def case_id(path: str | Path) -> str:
+    """A case name from a file or folder: the name without image endings (``a.nii.gz`` -> ``a``).
+
+    A DICOM series folder named ``dicom`` (the ``<case>/dicom/`` layout) takes its parent's name.
+    """
+    p = Path(str(path).rstrip("/"))
+    if p.name.lower() == "dicom" and p.parent.name:
+        return p.parent.name
+    name = p.name
+    for ext in (*NIFTI_EXT, *RASTER_EXT, ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def image_kind(path: str | Path) -> str:
+    """``"series"``, ``"nifti"``, ``"raster"`` or ``"dicom"`` by what ``path`` is; ValueError for anything else."""
+    path = Path(path)
+    if path.is_dir():
+        return "series"
+    name = path.name.lower()
+    if name.endswith(NIFTI_EXT):
+        return "nifti"
+    if name.endswith(RASTER_EXT):
+        return "raster"
+    if name.endswith(".dcm") or is_dicom_file(path):
+        return "dicom"
+    raise ValueError(f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
+                     "file or a DICOM series folder")
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_default_readers() -> Iterator[None]:
+    """Silence the notice MONAI gives each time ``LoadImage`` builds its default readers without nvImageCodec (a
+    GPU DICOM decoder we never use: readers are named explicitly)."""
+    log, drop = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin"), _DropRecords()
+    log.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            yield
+    finally:
+        log.removeFilter(drop)
+
+
+def _load(path: Path, reader: Any, ensure_channel_first: bool = True) -> MetaTensor:
+    with _quiet_default_readers():
+        steps: list = [LoadImaged(_KEY, reader=reader, image_only=True)]
+    if ensure_channel_first:
+        steps.append(EnsureChannelFirstd(_KEY))
+    try:
+        return Compose(steps)({_KEY: str(path)})[_KEY]
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise ValueError(f"{path}: unreadable ({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]})") \
+            from err
+
+
+def _as_2d(img: MetaTensor, path: Path, spacing: tuple[float, float] | None, extra: dict) -> MetaTensor:
+    """(C, X, Y[, 1]) in ITK/NIfTI voxel order -> (C, rows, cols) with the spacing (row, col) recorded
+    (``None``: unknown)."""
+    arr = torch.as_tensor(img)
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    return _meta_2d(arr.transpose(-1, -2).contiguous(), path, spacing, extra)
+
+
+def _meta_2d(arr: torch.Tensor, path: Path, spacing: tuple[float, float] | None, extra: dict) -> MetaTensor:
+    known = spacing is not None
+    spacing = spacing if known else (1.0, 1.0)
+    affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0, 1.0], dtype=torch.float64))
+    meta = {"filename_or_obj": str(path), "spacing": tuple(float(s) for s in spacing), "spacing_known": known, **extra}
+    return MetaTensor(arr, affine=affine, meta=meta)
+
+
+def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTensor:
+    """Read one image or mask as a channel-first MetaTensor with its geometry.
+
+    Args:
+        path: a PNG/JPEG/TIFF/BMP, NIfTI or DICOM file, or a DICOM series folder.
+        spatial_dims: what the caller works on. ``2``: a multi-frame DICOM keeps its frame order (no
+            reorientation) and a one-slice NIfTI (X, Y, 1) is a 2D image; ``3``: a one-slice NIfTI is a volume;
+            ``None``: one-slice NIfTI files are 2D, multi-frame files volumes.
+
+    Returns:
+        2D inputs as (C, H, W) with ``meta["spacing"]`` (row, col) mm and ``meta["spacing_known"]``; volumes as
+        (C, X, Y, Z). ``meta["kind"]`` is ``"2d"`` or ``"volume"``. DICOM adds ``meta["photometric"]`` (as stored;
+        MONOCHROME1 is already inverted) and ``meta["modality"]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the file: unsupported type, not DICOM, truncated, no pixel data, several series, missing
+            slices, unreadable by the reader.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    kind = image_kind(path)
+    if kind == "raster":
+        img = _load(path, PILReader(reverse_indexing=False))  # (C, H, W)
+        return _meta_2d(torch.as_tensor(img), path, None, {"kind": "2d"})
+    if kind == "dicom":
+        info = check_dicom_file(path)
+        img = _load(path, ITKReader())
+        extra = {"photometric": info["photometric"], "modality": info["modality"], "frames": info["frames"],
+                 "dicom_spacing": info["spacing"]}
+        if info["frames"] == 1:
+            return _as_2d(img, path, info["spacing"], {**extra, "kind": "2d"})
+    elif kind == "series":
+        info = check_dicom_series(path)
+        img = _load(path, ITKReader())
+        extra = {"photometric": info["photometric"], "modality": info["modality"]}
+    else:
+        img = _load(path, NibabelReader())
+        extra = {}
+        if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 1 and spatial_dims != 3):  # 2D: (C, X, Y[, 1])
+            return _as_2d(img, path, (float(img.pixdim[1]), float(img.pixdim[0])), {"kind": "2d"})
+    if img.ndim != 4:
+        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got array shape {tuple(img.shape)} "
+                         "(channel first); 4D (time series) volumes are not supported")
+    img.meta.update(extra, kind="volume", filename_or_obj=str(path))
+    if not (spatial_dims == 2 and kind == "dicom"):  # multi-frame in a 2D task: frames as stored
+        img = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
+    return img
+
+
+def _to_channels(img: torch.Tensor, channels: int, path: Path) -> torch.Tensor:
+    c = img.shape[0]
+    if c in (2, 4):  # grey + alpha, RGBA: drop alpha
+        img, c = img[: c - 1], c - 1
+    if c == channels:
+        return img
+    if channels == 1 and c == 3:
+        return img.float().mean(0, keepdim=True)
+    if channels == 3 and c == 1:
+        return img.expand(3, *img.shape[1:]).contiguous()
+    raise ValueError(f"{path}: {c} channels; the task expects {channels} (1 grey or 3 RGB)")
+
+
+def mask_values(label: torch.Tensor, path: str | Path) -> torch.Tensor:
+    """A (C, ...) mask as one channel: alpha dropped, identical colour channels merged.
+
+    Raises:
+        ValueError: naming the file: NaN/inf values, or several channels that differ (a colour label image).
+    """
+    lab = torch.as_tensor(label)
+    if not torch.isfinite(lab.float()).all():
+        raise ValueError(f"{path}: mask contains NaN or infinite values")
+    c = lab.shape[0]
+    if c in (2, 4):
+        lab = lab[: c - 1]
+    if lab.shape[0] > 1:
+        if not all(torch.equal(lab[0], lab[i]) for i in range(1, lab.shape[0])):
+            raise ValueError(f"{path}: mask has {c} channels with different values (a colour image?); "
+                             "expected a single-channel mask (0 = background)")
+        lab = lab[:1]
+    return lab
+
+
+def binarise(label: torch.Tensor, values: Sequence[int] | None) -> torch.Tensor:
+    """uint8 0/1: 1 where ``label`` is one of ``values`` (``None``: where it is non-zero)."""
+    lab = torch.as_tensor(label)
+    if values is None:
+        return (lab != 0).to(torch.uint8)
+    return torch.isin(lab, torch.tensor(list(values), dtype=lab.dtype)).to(torch.uint8)
+
+
+def load_pair(
+    image_path: str | Path, label_path: str | Path | None = None, task: TaskConfig | None = None
+) -> dict[str, Any]:
+    """An image windowed to [0, 1] with the task's channels, and its 0/1 mask on the same grid.
+
+    Args:
+        image_path: image file or DICOM series folder.
+        label_path: mask file (PNG, NIfTI, DICOM) on the image's grid, or ``None``.
+        task: the task (window, channels, label values, 2D or 3D).
+
+    Returns:
+        ``image``: MetaTensor float32 (C, H, W) or (C, X, Y, Z) RAS in [0, 1]; ``label``: MetaTensor uint8 (1, ...)
+        0/1 (with a label); ``image_path``, ``label_path`` (str); ``kind``: ``"2d"``, ``"volume"`` or ``"frames"``
+        (a multi-frame DICOM in a 2D task: (C, X, Y, F) in frame order).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file: unreadable, NaN/inf, wrong channel count, image and mask
+            shapes differ, 2D/3D mismatch with the task.
+    """
+    if task is None:
+        raise TypeError("load_pair needs a task (TaskConfig or a preset name via load_task)")
+    image_path = Path(image_path)
+    image = read_image(image_path, spatial_dims=task.spatial_dims)
+    kind = image.meta.get("kind", "2d")
+    if kind == "volume" and task.spatial_dims == 2:
+        if image.meta.get("frames", 1) <= 1:
+            raise ValueError(f"{image_path}: a volume {tuple(image.shape[1:])}, but task '{task.name}' is 2D "
+                             "(set spatial_dims: 3)")
+        kind = "frames"
+    if kind == "2d" and task.spatial_dims == 3:
+        raise ValueError(f"{image_path}: a 2D image, but task '{task.name}' expects volumes (spatial_dims: 3)")
+    try:
+        windowed = WindowIntensity(task.window, task.width, task.level)(image.float())
+    except ValueError as err:
+        raise ValueError(f"{image_path}: {err}") from err
+    pixels = _to_channels(torch.as_tensor(windowed), task.channels, image_path).float()
+    out: dict[str, Any] = {"image": MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
+                           "image_path": str(image_path), "kind": kind}
+    if label_path is not None:
+        label_path = Path(label_path)
+        label = read_image(label_path, spatial_dims=task.spatial_dims)
+        lab = mask_values(label, label_path)
+        if tuple(lab.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image {image_path.name} "
+                             f"size {tuple(image.shape[1:])}")
+        if kind == "volume" and not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=1e-2):
+            logger.warning("%s: affine differs from image %s; using the image's geometry", label_path, image_path)
+        out["label"] = MetaTensor(binarise(lab, task.foreground_values), affine=image.affine, meta=_meta(label))
+        out["label_path"] = str(label_path)
+    return out
+
+
+def _meta(img: MetaTensor) -> dict[str, Any]:
+    """A copy of ``img``'s metadata without the affine (given separately)."""
+    return {k: v for k, v in img.meta.items() if k != "affine"}
+
+
+def _frames(pair: dict[str, Any], every_n: int, foreground_only: bool, case: str) -> list[dict[str, Any]]:
+    """2D samples of a multi-frame file in frame order (no reorientation)."""
+    image, label = pair["image"], pair.get("label")
+    meta = image.meta
+    spacing = meta.get("dicom_spacing")
+    out = []
+    for f in range(0, image.shape[-1], every_n):
+        lab = None if label is None else label.as_tensor()[..., f].transpose(-1, -2).to(torch.uint8).contiguous()
+        if foreground_only and lab is not None and not lab.any():
+            continue
+        s = {"image": image.as_tensor()[..., f].transpose(-1, -2).float().contiguous(),
+             "spacing": tuple(spacing or (1.0, 1.0)), "spacing_known": spacing is not None, "case": case,
+             "slice": f, "image_path": pair["image_path"], "photometric": meta.get("photometric")}
+        if lab is not None:
+            s["label"] = lab
+        out.append(s)
+    return out
+
+
+def load_samples(
+    items: Sequence[dict],
+    task: TaskConfig,
+    *,
+    base_dir: str | Path | None = None,
+    foreground_only: bool | None = None,
+    every_n: int | None = None,
+    axis: str | None = None,
+) -> list[dict[str, Any]]:
+    """2D samples for datalist entries ``{"image": path, "label": path}`` (``label`` optional).
+
+    Args:
+        items: datalist entries; paths relative to ``base_dir`` (or absolute); an entry's ``case`` is kept.
+        task: the task preset.
+        base_dir: folder the paths are relative to.
+        foreground_only: volumes: only slices with foreground (default: ``task.foreground_only``, meant for
+            training; pass ``False`` for evaluation and inference).
+        every_n: volumes: every n-th slice (default ``task.every_n``).
+        axis: volumes: slicing axis (default ``task.axis``).
+
+    Returns:
+        one dict per 2D sample: ``image`` float32 (C, H, W) in [0, 1]; ``label`` uint8 (1, H, W) 0/1 (when labelled);
+        ``spacing`` (row, col) mm; ``spacing_known`` (False for PNG/JPEG/... and DICOM without pixel spacing, where
+        spacing is (1.0, 1.0)); ``case``; ``slice`` (index along the axis, ``None`` for 2D images); ``image_path``;
+        for volume slices ``source`` (see :func:`volume_to_slices`).
+    """
+    base = Path(base_dir) if base_dir is not None else None
+    fg = task.foreground_only if foreground_only is None else bool(foreground_only)
+    step = int(task.every_n if every_n is None else every_n)
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if "image" not in item:
+            raise ValueError(f"datalist entry {item} has no 'image'")
+        image_path = _resolve(item["image"], base)
+        label_path = None if item.get("label") is None else _resolve(item["label"], base)
+        pair = load_pair(image_path, label_path, task=task)
+        case = item.get("case") or case_id(image_path)
+        if pair["kind"] == "volume":
+            out.extend(volume_to_slices(pair, axis or task.axis, fg and label_path is not None, step, case))
+        elif pair["kind"] == "frames":
+            out.extend(_frames(pair, step, fg, case))
+        else:
+            meta = pair["image"].meta
+            sample = {"image": pair["image"].as_tensor().float().contiguous(), "case": case, "slice": None,
+                      "spacing": tuple(meta["spacing"]), "spacing_known": bool(meta["spacing_known"]),
+                      "image_path": str(image_path)}
+            if "label" in pair:
+                sample["label"] = pair["label"].as_tensor().to(torch.uint8).contiguous()
+            out.append(sample)
+    return out
+
+
+def _resolve(path: str | Path, base: Path | None) -> Path:
+    p = Path(path)
+    return p if base is None or p.is_absolute() else base / p

@@ -1,0 +1,186 @@
+"""The few-shot training set: k-shot draw, disjoint A/B split, augmented views, cached embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import Dataset
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+)
+from torch.utils.data import DataLoader, Sampler
+
+from blosam_med.data import TaskConfig, describe_draw, load_samples, sample_shots, split_ab
+from blosam_med.io import atomic_write
+from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.preprocess import resized_shape
+
+__all__ = ["FewShotData", "EpochSampler", "label_target", "augmentation", "DrawMismatchError"]
+
+logger = logging.getLogger(__name__)
+
+
+class DrawMismatchError(ValueError):
+    """A resumed run would train on a different draw than the one recorded in its output folder."""
+
+
+def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
+    """A (1, H, W) mask in the decoder's low-resolution frame: longest side to ``size``, padded bottom/right.
+
+    Matches :func:`blosam_med.model.preprocess_image` geometry, so the loss compares like with like.
+    """
+    h, w = resized_shape(label.shape[-2], label.shape[-1], size)
+    y = F.interpolate(label[None].float(), size=(h, w), mode="area")[0]
+    return F.pad((y > 0.5).float(), (0, size - w, 0, size - h))
+
+
+def augmentation() -> Compose:
+    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes."""
+    return Compose([
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+        RandAffined(keys=("image", "label"), prob=1.0, rotate_range=(math.pi / 18,), scale_range=(0.1, 0.1),
+                    translate_range=(0.05, 0.05), mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.8, 1.25)),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+    ])
+
+
+def _views(sample: dict, views: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """View 0 is the sample itself; views 1..K are seeded augmentations (the same on every run)."""
+    out = [(torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]))]
+    aug = augmentation()
+    for k in range(1, views + 1):
+        aug.set_random_state(seed=int(np.random.SeedSequence([seed, k, hash_case(sample)]).generate_state(1)[0]))
+        d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
+        out.append((torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8)))
+    return out
+
+
+def hash_case(sample: dict) -> int:
+    """A stable integer for a sample (case and slice), independent of Python's hash seed."""
+    key = f"{sample.get('case')}:{sample.get('slice')}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+class EpochSampler(Sampler[int]):
+    """Indices drawn with replacement from a generator seeded by (seed, epoch).
+
+    The trainer calls ``set_epoch`` at every epoch start, so a resumed run draws the same batches as one that was
+    never interrupted.
+    """
+
+    def __init__(self, size: int, num_samples: int, seed: int = 0) -> None:
+        self.size, self.num_samples, self.seed, self.epoch = size, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randint(self.size, (self.num_samples,), generator=g).tolist())
+
+
+class FewShotData:
+    """The shots a run trains on, split into subsets A and B, with every view's embedding cached.
+
+    Args:
+        items: training datalist entries (``{"image": path, "label": path}``), the pool shots are drawn from.
+        task: the task preset (windowing, channels, labels, slicing).
+        cache: embedding cache of the backbone being trained.
+        shots: number of shots (images, or slices / volumes for 3D tasks as ``task.shot_unit`` says).
+        seed: seed of the draw, the split and the augmentations.
+        views: augmented views per shot besides the original (0 = none).
+        fraction_a: share of the shots in subset A.
+        bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
+        base_dir: folder the datalist paths are relative to.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[dict],
+        task: TaskConfig,
+        cache: EmbeddingCache,
+        shots: int,
+        seed: int = 0,
+        views: int = 0,
+        fraction_a: float = 0.5,
+        bilevel: bool = True,
+        base_dir: str | Path | None = None,
+    ) -> None:
+        self.task, self.cache, self.seed, self.views = task, cache, seed, views
+        self.target_size = 4 * cache.backbone.embedding_shape[-1]
+        pool = [dict(it, case=it.get("case") or _stem(it["image"])) for it in items]
+        if task.spatial_dims == 3 and getattr(task, "shot_unit", "slice") == "slice":
+            slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
+            shot_samples = sample_shots(slices, shots, seed)
+        else:
+            chosen = sample_shots(pool, shots, seed)
+            shot_samples = load_samples(chosen, task, base_dir=base_dir)
+        if bilevel:
+            a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
+        else:
+            a, b = list(shot_samples), []
+        self.draw = describe_draw(a, b)
+        self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
+        self.subset_a = Dataset(self._cached(a, "A"))
+        self.subset_b = Dataset(self._cached(b, "B"))
+        self.validation = Dataset([d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0])
+
+    def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
+        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views, self.seed))]
+        if not pairs:
+            return []
+        emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
+        return [
+            {"image": e, "label": label_target(lab, self.target_size), "case": s["case"],
+             "slice": -1 if s.get("slice") is None else int(s["slice"]), "view": v}
+            for e, (s, v, _, lab) in zip(emb, pairs)
+        ]
+
+    def loader(self, subset: str, batch_size: int, num_samples: int | None = None, num_workers: int = 0) -> DataLoader:
+        """Batches of ``subset`` (``"a"``, ``"b"`` or ``"validation"``): with ``num_samples``, drawn with
+        replacement by an :class:`EpochSampler` (an epoch of ``num_samples // batch_size`` iterations); without, one
+        pass in order."""
+        key = subset.lower()
+        ds = {"a": self.subset_a, "b": self.subset_b, "validation": self.validation}[key]
+        if len(ds) == 0:
+            raise ValueError(f"subset {subset} is empty; the draw was {self.draw}")
+        if num_samples is None:
+            return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        sampler = EpochSampler(len(ds), num_samples, seed=self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key])
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+
+    def write_draw(self, path: str | Path, resume: bool = False) -> Path:
+        """Record the draw (JSON). When resuming, the recorded draw must equal this one."""
+        path = Path(path)
+        if resume and path.is_file():
+            recorded = json.loads(path.read_text())
+            if recorded != json.loads(json.dumps(self.draw)):
+                raise DrawMismatchError(f"{path}: the recorded draw differs from this run's; a resumed run must use "
+                                        "the same data, shots, seed and views")
+            return path
+        return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.draw, indent=1)), overwrite=True)
+
+
+def _stem(path: str) -> str:
+    name = Path(str(path)).name
+    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name

@@ -1,0 +1,230 @@
+"""BLO-SAM training as MONAI engines: the bi-level trainer and the single-level baseline."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Events
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.utils import CommonKeys as Keys
+from torch.utils.data import DataLoader
+
+from blosam_med.engine.hypergradient import HYPERGRADIENTS
+from blosam_med.model.blosam import BloSam
+
+__all__ = ["BiLevelTrainer", "SingleLevelTrainer", "bilevel_param_groups", "TrainableState"]
+
+
+def bilevel_param_groups(
+    network: BloSam, lr: float = 5e-3, weight_decay: float = 0.1, upper_lr: float | None = None,
+    upper_weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: group 0 lower level (LoRA + heads), group 1 upper level (prompt).
+
+    One optimizer with two groups behaves as two optimizers here: each step only gives gradients to one level's
+    parameters (``AdamW`` skips parameters without a gradient), while MONAI's handlers (checkpointing, LR
+    scheduling, MLflow's ``lr_group_<i>``) see a single ``engine.optimizer``.
+    """
+    return [
+        {"params": network.lower_parameters(), "lr": lr, "weight_decay": weight_decay, "name": "lower"},
+        {"params": network.upper_parameters(), "lr": lr if upper_lr is None else upper_lr,
+         "weight_decay": upper_weight_decay, "name": "upper"},
+    ]
+
+
+class TrainableState:
+    """``state_dict``/``load_state_dict`` over only the trained tensors, for MONAI's CheckpointSaver/Loader."""
+
+    def __init__(self, network: BloSam) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.network.trainable_state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+        self.network.load_trainable_state_dict(state, "training checkpoint")
+
+
+class BiLevelTrainer(Trainer):
+    """BLO-SAM's bi-level optimisation as a MONAI ``Trainer`` over cached image embeddings.
+
+    Each iteration takes a batch from subset A (the engine's data loader) and one from subset B:
+
+    1. lower step: the segmentation loss on A, gradients to the lower parameters only (LoRA + decoder heads);
+    2. upper step: the prompt's hypergradient of the loss on B (``"first_order"`` or ``"second_order"``, see
+       :mod:`blosam_med.engine.hypergradient`), applied to the prompt only.
+
+    Without ``upper_data_loader`` it is the single-level baseline: one joint step of all trained parameters per
+    batch. The usual engine events fire, so MONAI handlers work unchanged. After decollation every output item
+    carries ``"loss"`` as a dict of floats (``loss_lower``, ``loss_upper``; ``loss_joint`` single-level), which
+    ``from_engine(["loss"], first=True)`` hands to StatsHandler and MLFlowHandler as one metric per key.
+
+    Args:
+        device: where the decoder runs.
+        max_epochs: epochs over the A loader (or ``epoch_length`` iterations each).
+        train_data_loader: batches of subset A: dicts with ``"image"`` (embeddings) and ``"label"``.
+        network: the BLO-SAM model.
+        optimizer: one optimizer over both levels, groups from :func:`bilevel_param_groups`.
+        loss_function: ``loss(logits, target)``, e.g. MONAI ``DiceCELoss(sigmoid=True)``.
+        upper_data_loader: batches of subset B; ``None`` for single-level training.
+        hypergradient: ``"first_order"`` or ``"second_order"``.
+        unroll_lr: virtual step size of the second-order unrolled step; default: the lower group's current lr.
+        fd_epsilon: finite-difference scale (``R = fd_epsilon / ||v||``).
+        other arguments: as for :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: BloSam,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        upper_data_loader: Iterable | DataLoader | None = None,
+        hypergradient: str = "first_order",
+        unroll_lr: float | None = None,
+        fd_epsilon: float = 0.01,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Callable | None = None,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        decollate: bool = True,
+        optim_set_to_none: bool = True,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        if hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {sorted(HYPERGRADIENTS)}, got '{hypergradient}'")
+        super().__init__(
+            device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
+            non_blocking=non_blocking, prepare_batch=prepare_batch, iteration_update=iteration_update,
+            postprocessing=postprocessing, key_metric=key_train_metric, additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn, handlers=train_handlers, amp=amp, decollate=decollate,
+            to_kwargs=to_kwargs, amp_kwargs=amp_kwargs,
+        )
+        self.network = network
+        self.optimizer = optimizer
+        self.loss_function = loss_function
+        self.upper_data_loader = upper_data_loader
+        self.hypergradient = hypergradient
+        self.unroll_lr = unroll_lr
+        self.fd_epsilon = fd_epsilon
+        self.optim_set_to_none = optim_set_to_none
+        self._upper_iter: Any = None
+        self._check_groups()
+        self.add_event_handler(Events.EPOCH_STARTED, self._set_sampler_epochs)
+        if decollate:
+            self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._group_losses)
+
+    @property
+    def bilevel(self) -> bool:
+        return self.upper_data_loader is not None
+
+    def _check_groups(self) -> None:
+        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        trained = {id(p) for p in self.network.lower_parameters() + self.network.upper_parameters()}
+        if owned != trained:
+            raise ValueError("the optimizer must hold exactly the network's lower and upper parameters "
+                             "(use blosam_med.engine.bilevel_param_groups)")
+
+    def _lower_lr(self) -> float:
+        first = self.network.lower_parameters()[0]
+        return next(float(g["lr"]) for g in self.optimizer.param_groups if any(p is first for p in g["params"]))
+
+    def _set_sampler_epochs(self, engine: BiLevelTrainer) -> None:
+        """Seed per-epoch samplers of both loaders by the epoch, so a resumed run draws the same batches."""
+        for loader in (engine.data_loader, engine.upper_data_loader):
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(engine.state.epoch)
+
+    def _next_upper_batch(self) -> Any:
+        if self._upper_iter is None:
+            self._upper_iter = iter(self.upper_data_loader)
+        try:
+            return next(self._upper_iter)
+        except StopIteration:  # a fresh pass, so random transforms and shuffling stay random
+            self._upper_iter = iter(self.upper_data_loader)
+            return next(self._upper_iter)
+
+    def _step(self, params: list[torch.nn.Parameter]) -> None:
+        """Optimizer step over ``params`` only: every other trained parameter has its gradient cleared."""
+        keep = {id(p) for p in params}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in keep:
+                    p.grad = None
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _iteration(self, engine: BiLevelTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        x_a, y_a = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        engine.network.train()
+        lower = engine.network.lower_parameters()
+        upper = engine.network.upper_parameters()
+
+        # lower level (or the joint single-level step)
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
+            logits = engine.network.forward_embeddings(x_a)
+            loss_a = engine.loss_function(logits, y_a)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine._backward(loss_a)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine._step(lower + upper if not engine.bilevel else lower)
+        output = {Keys.PRED: logits.detach(), Keys.LABEL: y_a, Keys.LOSS: loss_a.detach()}
+
+        # upper level
+        if engine.bilevel:
+            x_b, y_b = engine.prepare_batch(
+                engine._next_upper_batch(), engine.state.device, engine.non_blocking, **engine.to_kwargs
+            )[:2]
+            grads, loss_b = HYPERGRADIENTS[engine.hypergradient](
+                engine.network, engine.loss_function, (x_b, y_b), batch_a=(x_a, y_a),
+                xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(), eps=engine.fd_epsilon,
+            )
+            engine.optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(upper, grads):
+                p.grad = g.detach()
+            engine._step(upper)
+            output["loss_upper"] = loss_b
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _group_losses(self, engine: BiLevelTrainer) -> None:
+        """After decollation: ``item["loss"]`` becomes ``{"loss_lower": .., "loss_upper": ..}`` (floats)."""
+        for item in engine.state.output:
+            if self.bilevel:
+                item[Keys.LOSS] = {"loss_lower": float(item[Keys.LOSS]), "loss_upper": float(item.pop("loss_upper"))}
+            else:
+                item[Keys.LOSS] = {"loss_joint": float(item[Keys.LOSS])}
+
+
+class SingleLevelTrainer(BiLevelTrainer):
+    """The baseline: the same parameters (LoRA, heads, prompt) trained jointly on all shots, one step per batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("upper_data_loader", None)
+        super().__init__(*args, upper_data_loader=None, **kwargs)
+

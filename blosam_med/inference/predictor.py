@@ -1,0 +1,52 @@
+"""Prompt-free prediction with one or more adapters that share one backbone's encoder pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from blosam_med.model.blosam import BloSam
+from blosam_med.model.embedding_cache import EmbeddingCache
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Masks at the original image size for images in [0, 1].
+
+    Args:
+        models: trained models of one backbone (e.g. two structures on one CT); the encoder runs once per image.
+        cache: embedding cache to read and fill; ``None`` encodes in memory without keeping anything.
+        device: where the decoders run.
+        batch_size: images per decoder call.
+    """
+
+    def __init__(self, models: Sequence[BloSam], cache: EmbeddingCache | None = None, device: str | torch.device = "cpu",
+                 batch_size: int = 8) -> None:
+        if not models:
+            raise ValueError("at least one adapter is needed")
+        names = {(m.backbone_name, m.embedding_shape) for m in models}
+        if len(names) != 1:
+            raise ValueError(f"adapters of different backbones cannot share an encoder pass: {sorted(names)}")
+        self.models = [m.to(device).eval() for m in models]
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.cache = cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, progress=False)
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image a (n_models, H, W) float tensor of logits at the image's own size."""
+        out: list[torch.Tensor] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start : start + self.batch_size])
+            emb = self.cache.embed(chunk).to(self.device)
+            per_model = [m.forward_embeddings(emb) for m in self.models]  # each (b, 1, h, w)
+            for i, im in enumerate(chunk):
+                size = tuple(im.shape[-2:])
+                out.append(torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu())
+        return out
+
+    def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image a (n_models, H, W) uint8 mask (logit > 0)."""
+        return [(lg > 0).to(torch.uint8) for lg in self.logits(images)]

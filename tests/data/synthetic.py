@@ -1,0 +1,78 @@
+"""Tiny synthetic inputs for the data tests: PNG pairs, NIfTI volumes, DICOM files and series (written in tmp_path)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Save a uint8 (H, W) or (H, W, 3) array (PNG, JPEG, TIFF or BMP by suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def disc(h: int = 24, w: int = 32, r: float = 6.0, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """A uint8 0/255 disc mask of shape (h, w)."""
+    cy, cx = centre or (h / 2, w / 2)
+    yy, xx = np.mgrid[:h, :w]
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.uint8) * 255
+
+
+def png_pairs(root: Path, n: int = 5, h: int = 24, w: int = 32, rgb: bool = False) -> Path:
+    """``root/images/case{i}.png`` + ``root/masks/case{i}.png`` (0/255 discs); returns ``root``."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        shape = (h, w, 3) if rgb else (h, w)
+        write_png(root / "images" / f"case{i}.png", rng.integers(0, 256, shape))
+        write_png(root / "masks" / f"case{i}.png", disc(h, w, r=4 + i % 3))
+    return root
+
+
+def ct_template() -> pydicom.Dataset:
+    """CT_small.dcm (128x128 CT, rescale intercept -1024) without its trailing padding, so pixel data ends the file."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds[0xFFFCFFFC]
+    return ds
+
+
+def write_series(folder: Path, volume: np.ndarray, spacing_z: float = 2.5, z_positions=None,
+                 series_uid: str | None = None, decreasing: bool = False) -> list[Path]:
+    """Write an int16 (Z, rows, cols) volume (stored values) as a CT series; slice k at z = k * spacing_z (or at
+    ``z_positions[k]``); with ``decreasing`` the instance numbers run against z."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    base = ct_template()
+    paths = []
+    for k, plane in enumerate(volume):
+        ds = copy.deepcopy(base)
+        rows, cols = plane.shape
+        ds.Rows, ds.Columns = rows, cols
+        z = float(z_positions[k]) if z_positions is not None else k * spacing_z
+        ds.ImagePositionPatient = [-10.0, -20.0, z]
+        ds.SliceLocation = z
+        ds.InstanceNumber = (len(volume) - k) if decreasing else k + 1
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID = series_uid
+        ds.PixelData = np.ascontiguousarray(plane, dtype=np.int16).tobytes()
+        p = folder / f"IM{ds.InstanceNumber:04d}.dcm"
+        ds.save_as(p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import blosam_med
+from blosam_med.data import PRESET_DIR, TaskConfig, load_task, preset_names, task_preset_path
+
+
+def test_shipped_presets():
+    assert set(preset_names()) >= {"lung_xray", "lung_ct", "polyp", "teeth"}
+    xray, ct, polyp, teeth = (load_task(n) for n in ("lung_xray", "lung_ct", "polyp", "teeth"))
+    assert (xray.window, xray.channels, xray.spatial_dims, xray.label_name) == ("percentile", 1, 2, "lungs")
+    assert (ct.window, ct.spatial_dims, ct.axis, ct.foreground_only) == ("lung", 3, "axial", True)
+    assert ct.label_values == (1,)
+    assert (polyp.window, polyp.channels) == ("rgb", 3)
+    assert (teeth.window, teeth.channels, teeth.label_name) == ("percentile", 1, "teeth")
+    assert {t.shots for t in (xray, ct, polyp, teeth)} == {4}
+    assert xray.foreground_values is None and ct.foreground_values == (1,)
+
+
+def test_presets_resolve_inside_the_package():
+    assert PRESET_DIR == Path(blosam_med.__file__).parent / "configs"
+    assert task_preset_path("polyp").is_file()
+
+
+def test_preset_file_keeps_other_top_level_keys_for_the_bundle(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("dataset_dir: somewhere\ntask:\n  name: mine\n  window: custom\n  width: 400\n  level: 40\n"
+                 "  label_values: [2, 3]\n")
+    t = load_task(p)
+    assert (t.name, t.width, t.level, t.label_values) == ("mine", 400, 40, (2, 3))
+    assert TaskConfig.from_dict(t.to_dict()) == t
+
+
+def test_bad_presets_name_the_file_and_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="lung_xray"):
+        load_task("lung_xrays")  # the message lists the shipped presets
+    p = tmp_path / "no_task.yaml"
+    p.write_text("name: x\n")
+    with pytest.raises(ValueError, match=r"no_task.yaml.*'task:'"):
+        load_task(p)
+    p.write_text("task:\n  name: x\n  windw: lung\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['windw'\]"):
+        load_task(p)
+    p.write_text("task:\n  name: x\n  window: lungs\n")
+    with pytest.raises(ValueError, match="window must be one of"):
+        load_task(p)
+
+
+@pytest.mark.parametrize("values", ["nonzero", [], None])
+def test_label_values_nonzero_forms(values):
+    assert TaskConfig(name="t", label_values=values).foreground_values is None
+
+
+def test_invalid_fields():
+    with pytest.raises(ValueError, match="channels"):
+        TaskConfig(name="t", channels=2)
+    with pytest.raises(ValueError, match="0 is background"):
+        TaskConfig(name="t", label_values=[0, 1])
+    with pytest.raises(ValueError, match="axis"):
+        TaskConfig(name="t", axis="axl")

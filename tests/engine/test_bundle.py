@@ -1,0 +1,82 @@
+"""The bundle's train/evaluate configs through ``blosam train`` / ``blosam evaluate`` on the tiny backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from blosam_med.cli import main
+
+TINY = ["--backbone", "tiny", "--task", "lung_xray", "--device", "cpu"]
+
+
+def _train(data, out, *extra):
+    return main(["train", *TINY, "--data", str(data), "--out", str(out), "--shots", "4", *extra])
+
+
+def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(synthetic_2d, out, "--iterations", "6") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and set(metrics["final_loss"]) == {"loss_lower", "loss_upper"}
+    draw = json.loads((out / "draw.json").read_text())
+    a, b = {d["case"] for d in draw["A"]}, {d["case"] for d in draw["B"]}
+    assert len(a) == 2 and len(b) == 2 and not a & b
+    assert draw == metrics["draw"]
+
+    result = tmp_path / "test.json"
+    assert main(["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result),
+                 "--device", "cpu"]) == 0
+    evaluation = json.loads(result.read_text())
+    assert evaluation["mean"]["dice"]["n"] == len(evaluation["cases"]) == 2  # 8 cases, test fraction 0.2
+    assert not {c["case"] for c in evaluation["cases"]} & (a | b)  # never evaluated on a training shot
+    assert all(0.0 <= c["dice"] <= 1.0 and c["hd95"] >= 0 for c in evaluation["cases"])
+
+    capsys.readouterr()
+    before = (out / "adapter.pt").read_bytes()
+    assert _train(synthetic_2d, out, "--iterations", "6") == 2  # a finished run is not overwritten
+    assert "already there" in capsys.readouterr().err
+    assert (out / "adapter.pt").read_bytes() == before
+
+
+def test_single_level_baseline_trains_on_all_shots(synthetic_2d, tmp_path):
+    out = tmp_path / "single"
+    assert _train(synthetic_2d, out, "--iterations", "4", "--method", "single") == 0
+    draw = json.loads((out / "draw.json").read_text())
+    assert len(draw["A"]) == 4 and draw["B"] == []
+    assert set(json.loads((out / "metrics.json").read_text())["final_loss"]) == {"loss_joint"}
+
+
+def test_resume_continues_the_same_run(synthetic_2d, tmp_path):
+    common = ["--iterations", "8", "--set", "epoch_length=4", "--hypergradient", "second_order", "--views", "1"]
+    assert _train(synthetic_2d, tmp_path / "full", *common) == 0
+    # interrupted after the first of two epochs, then resumed
+    assert _train(synthetic_2d, tmp_path / "cut", *common[:4], "train#trainer#max_epochs=1", *common[4:]) == 0
+    assert _train(synthetic_2d, tmp_path / "cut", *common, "--resume") == 0
+    full = torch.load(tmp_path / "full" / "adapter.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "cut" / "adapter.pt", weights_only=True)["state_dict"]
+    assert set(full) == set(resumed)
+    assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["iterations"] == 8
+
+
+def test_tracking_mlflow(synthetic_2d, tmp_path):
+    import mlflow
+
+    out = tmp_path / "tracked"
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking") == 0
+    uri = f"sqlite:///{out / 'mlruns.db'}"
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "lung_xray_k4_s0_blosam-first_order" and run.info.status == "FINISHED"
+    assert run.data.params["shots"] == "4" and run.data.params["task.window"] == "percentile"
+    assert {"loss_lower", "loss_upper", "lr_group_0", "lr_group_1", "val_dice"} <= set(run.data.metrics)
+    client = mlflow.MlflowClient(uri)
+    history = client.get_metric_history(run.info.run_id, "loss_upper")
+    assert len(history) == 4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter.pt", "draw.json", "metrics.json"} <= artifacts

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import Dataset
+from monai.handlers import StatsHandler, from_engine
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+
+from blosam_med.engine import BiLevelTrainer, SingleLevelTrainer, TrainableState, bilevel_param_groups
+from blosam_med.model import BloSam
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that snapshots every parameter after each step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots = []
+
+    def step(self, closure=None):
+        out = super().step(closure)
+        self.snapshots.append([p.detach().clone() for g in self.param_groups for p in g["params"]])
+        return out
+
+
+def _loader(n, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    data = [{"image": torch.randn(*shape, generator=g), "label": (torch.rand(1, 64, 64, generator=g) > 0.5).float()}
+            for _ in range(n)]
+    return DataLoader(Dataset(data), batch_size=2, shuffle=False)
+
+
+def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
+    model = BloSam(tiny_backbone)
+    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2))
+    loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
+    shape = tiny_backbone.embedding_shape
+    if cls is BiLevelTrainer:
+        kw.setdefault("upper_data_loader", _loader(2, shape, 1))
+    trainer = cls(device="cpu", max_epochs=1, train_data_loader=_loader(2, shape, 0), network=model, optimizer=opt,
+                  loss_function=loss, **kw)
+    return trainer, model, opt
+
+
+def _changed(before, after):
+    return [not torch.equal(b, a) for b, a in zip(before, after)]
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
+def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone, hypergradient):
+    trainer, model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
+    n_lower = len(opt.param_groups[0]["params"])
+    initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    trainer.run()
+    assert len(opt.snapshots) == 2  # one iteration: a lower step, then an upper step
+    lower_step = _changed(initial, opt.snapshots[0])
+    upper_step = _changed(opt.snapshots[0], opt.snapshots[1])
+    assert any(lower_step[:n_lower]) and not any(lower_step[n_lower:])
+    assert not any(upper_step[:n_lower]) and all(upper_step[n_lower:])
+    out = trainer.state.output[0]["loss"]
+    assert set(out) == {"loss_lower", "loss_upper"} and all(isinstance(v, float) for v in out.values())
+
+
+def test_single_level_moves_everything_in_one_step(tiny_backbone):
+    trainer, model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
+    n_lower = len(opt.param_groups[0]["params"])
+    initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    trainer.run()
+    assert len(opt.snapshots) == 1
+    step = _changed(initial, opt.snapshots[0])
+    assert any(step[:n_lower]) and all(step[n_lower:])
+    assert set(trainer.state.output[0]["loss"]) == {"loss_joint"}
+
+
+def test_stats_handler_reads_both_losses(tiny_backbone, capsys):
+    handler = StatsHandler(name="blosam_test", output_transform=from_engine(["loss"], first=True),
+                           iteration_log=True, epoch_log=False)
+    trainer, _, _ = _trainer(tiny_backbone, train_handlers=[handler])
+    trainer.run()
+    printed = capsys.readouterr()
+    assert "loss_lower:" in printed.out + printed.err and "loss_upper:" in printed.out + printed.err
+
+
+def test_optimizer_must_hold_both_levels(tiny_backbone):
+    model = BloSam(tiny_backbone)
+    opt = torch.optim.AdamW(model.lower_parameters())
+    with pytest.raises(ValueError, match="bilevel_param_groups"):
+        BiLevelTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=model, optimizer=opt,
+                       loss_function=torch.nn.BCEWithLogitsLoss())
+    with pytest.raises(ValueError, match="hypergradient"):
+        _trainer(tiny_backbone, hypergradient="third_order")
+
+
+def test_trainable_state_round_trip(tiny_backbone):
+    trainer, model, _ = _trainer(tiny_backbone)
+    trainer.run()
+    state = TrainableState(model).state_dict()
+    fresh = BloSam(tiny_backbone)
+    TrainableState(fresh).load_state_dict(state)
+    emb = torch.randn(1, *tiny_backbone.embedding_shape)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval().forward_embeddings(emb), model.eval().forward_embeddings(emb))
