@@ -199,10 +199,43 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- infer
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="prompt-free segmentation of images, DICOM, NIfTI volumes, folders, datalists")
+    p.add_argument("--adapter", action="append", required=True, help="adapter file; repeat for several structures")
+    p.add_argument("--input", required=True, help="image, DICOM file or series folder, NIfTI, folder or datalist")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", nargs="+", choices=("nifti", "png", "dicom-seg"), default=None,
+                   help="outputs (default: png for 2D; nifti and a png montage for volumes)")
+    p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None, help="slicing axis of volumes")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder/decoder call")
+    p.add_argument("--probabilities", action="store_true", help="also write sigmoid probability maps (NIfTI)")
+    p.add_argument("--labels", nargs="+", default=None, help="structure names, one per adapter")
+    p.add_argument("--split", default=None, help="datalist input: only this split")
+    p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
+    p.add_argument("--cache-dir", default=None, help="reuse/fill an embedding cache")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from blosam_med.inference import run_inference
+
+    records = run_inference(
+        args.adapter, args.input, args.out, args.format, axis=args.axis, batch_size=args.batch_size,
+        probabilities=args.probabilities, overwrite=args.overwrite, device=resolve_device(args.device),
+        checkpoint=args.checkpoint, split=args.split, labels=args.labels, cache_dir=args.cache_dir,
+    )
+    for record in records:
+        print(json.dumps(record))
+    return 0
+
+
 # ------------------------------------------------------------------------------------ registration
 # Each entry adds one subcommand. Keep one ``_add_<name>`` function per subcommand above.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info, _add_prepare, _add_train, _add_evaluate,
+    _add_info, _add_prepare, _add_train, _add_evaluate, _add_infer,
 ]
 
 

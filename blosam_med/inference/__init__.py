@@ -1,8 +1,29 @@
-"""Prediction with trained adapters and evaluation against labels."""
+"""Prediction with trained adapters, writers for clinical tools, and evaluation against labels."""
 
 from __future__ import annotations
 
 from blosam_med.inference.evaluate import evaluate_adapter, group_volumes
+from blosam_med.inference.infer import (
+    FORMATS,
+    CasePrediction,
+    collect_inputs,
+    load_adapters,
+    predict_case,
+    run_inference,
+    write_case,
+)
 from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.writers import (
+    to_source_grid,
+    write_dicom_seg,
+    write_montage,
+    write_nifti,
+    write_overlay,
+    write_png_mask,
+)
 
-__all__ = ["Predictor", "evaluate_adapter", "group_volumes"]
+__all__ = [
+    "FORMATS", "CasePrediction", "Predictor", "collect_inputs", "evaluate_adapter", "group_volumes", "load_adapters",
+    "predict_case", "run_inference", "to_source_grid", "write_case", "write_dicom_seg", "write_montage", "write_nifti",
+    "write_overlay", "write_png_mask",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache
@@ -32,13 +33,18 @@ class Predictor:
         self.models = [m.to(device).eval() for m in models]
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.cache = cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, progress=False)
+        self.cache = cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, batch_size,
+                                                                    progress=False)
 
     @torch.inference_mode()
-    def logits(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image a (n_models, H, W) float tensor of logits at the image's own size."""
+    def logits(self, images: Sequence[torch.Tensor], progress: bool = False, desc: str = "predicting") -> list[torch.Tensor]:
+        """Per image a (n_models, H, W) float tensor of logits at the image's own size.
+
+        The encoder runs once per image (batched), under ``torch.inference_mode``; every model decodes the batch.
+        """
         out: list[torch.Tensor] = []
-        for start in range(0, len(images), self.batch_size):
+        for start in tqdm(range(0, len(images), self.batch_size), desc=desc, unit="batch", disable=not progress,
+                          leave=False):
             chunk = list(images[start : start + self.batch_size])
             emb = self.cache.embed(chunk).to(self.device)
             per_model = [m.forward_embeddings(emb) for m in self.models]  # each (b, 1, h, w)

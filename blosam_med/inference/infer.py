@@ -1,0 +1,267 @@
+"""Prompt-free inference over images, DICOM files and series, NIfTI volumes, folders and datalists."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from blosam_med.data import (
+    TaskConfig,
+    case_id,
+    image_kind,
+    is_dicom_file,
+    load_samples,
+    open_datalist,
+    slices_to_volume,
+)
+from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.writers import (
+    to_source_grid,
+    write_dicom_seg,
+    write_montage,
+    write_nifti,
+    write_overlay,
+    write_png_mask,
+)
+from blosam_med.io import check_writable
+from blosam_med.model.backbones import Backbone, build_backbone
+from blosam_med.model.blosam import BloSam
+from blosam_med.model.checkpoint import load_adapter, read_adapter
+
+__all__ = ["CasePrediction", "load_adapters", "collect_inputs", "predict_case", "write_case", "FORMATS"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("nifti", "png", "dicom-seg")
+
+
+@dataclass
+class CasePrediction:
+    """One input's prediction: per 2D slice the windowed image and each adapter's logits."""
+
+    case: str
+    image_path: str
+    kind: str  # "2d" or "volume"
+    images: list[torch.Tensor]
+    logits: list[torch.Tensor]  # per slice: (n_adapters, H, W)
+    slices: list[int | None]
+    source: dict[str, Any] | None = None
+    spacing: tuple[float, ...] = (1.0, 1.0)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def label_map(self) -> np.ndarray:
+        """uint8 label map: 0 background, i+1 where adapter i predicts foreground (later adapters win overlaps);
+        (H, W) for 2D, (X, Y, Z) on the RAS grid for volumes."""
+        maps = [_label_map(lg) for lg in self.logits]
+        if self.kind == "2d":
+            return maps[0]
+        return slices_to_volume([m[None] for m in maps], self.slices, self.source)[0].numpy()
+
+    def probabilities(self) -> np.ndarray:
+        """float32 sigmoid probabilities, (n, H, W) for 2D or (n, X, Y, Z) for volumes."""
+        probs = [torch.sigmoid(lg) for lg in self.logits]
+        if self.kind == "2d":
+            return probs[0].numpy()
+        return slices_to_volume(probs, self.slices, self.source).numpy()
+
+
+def _label_map(logits: torch.Tensor) -> np.ndarray:
+    out = np.zeros(logits.shape[-2:], np.uint8)
+    for i, lg in enumerate(logits):
+        out[(lg > 0).numpy()] = i + 1
+    return out
+
+
+def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = None) -> tuple[list[BloSam], TaskConfig]:
+    """Load adapters that share one backbone (built once) and one input preparation (window, channels).
+
+    Raises:
+        ValueError: adapters of different backbones or different windowing, naming the files.
+    """
+    if not paths:
+        raise ValueError("pass at least one --adapter")
+    payloads = [read_adapter(p) for p in paths]
+    names = {p["backbone"] for p in payloads}
+    if len(names) > 1:
+        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads))
+        raise ValueError(f"adapters of different backbones cannot share an encoder pass: {listed}")
+    tasks = [TaskConfig.from_dict(p["extra"]["task"]) if "task" in p.get("extra", {}) else None for p in payloads]
+    if any(t is None for t in tasks):
+        missing = [str(p) for p, t in zip(paths, tasks) if t is None]
+        raise ValueError(f"{', '.join(missing)}: adapter stores no task preset")
+    prep = {(t.window, t.width, t.level, t.channels) for t in tasks}
+    if len(prep) > 1:
+        raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
+    backbone: Backbone = build_backbone(names.pop(), checkpoint)
+    models = [load_adapter(p, backbone)[0] for p in paths]
+    return models, tasks[0]
+
+
+def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """Datalist-style entries for an input: an image or DICOM file, a DICOM series folder, a NIfTI volume, a folder
+    of those, or a datalist JSON (its ``split``, default every entry of every split)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input not found")
+    if path.is_file() and path.suffix == ".json":
+        datalist = open_datalist(path)
+        keys = [split] if split else [k for k, v in datalist.items() if isinstance(v, list)]
+        return [{"image": it["image"]} for k in keys for it in datalist.get(k, [])]
+    if path.is_file() or _is_series(path):
+        return [{"image": str(path)}]
+    entries = []
+    for child in sorted(path.iterdir()):
+        if child.name.startswith("."):
+            continue
+        case = case_id(child)
+        if child.is_dir():
+            child = child / "dicom" if (child / "dicom").is_dir() else child
+            if not _is_series(child):
+                continue
+        elif not child.name.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz",
+                                              ".dcm")) and not is_dicom_file(child):
+            continue
+        entries.append({"image": str(child), "case": case})
+    if not entries:
+        raise ValueError(f"{path}: no images, DICOM series or volumes found")
+    return entries
+
+
+def _is_series(folder: Path) -> bool:
+    """A folder whose files are DICOM (a series; the series checks come when it is read)."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and all(is_dicom_file(p) for p in files[:3])
+
+
+def predict_case(entry: dict, task: TaskConfig, predictor: Predictor, axis: str | None = None,
+                 progress: bool = True) -> CasePrediction:
+    """Predict every slice (or the image) of one input."""
+    samples = load_samples([entry], task, foreground_only=False, every_n=1, axis=axis)
+    if not samples:
+        raise ValueError(f"{entry['image']}: nothing to predict")
+    images = [s["image"] for s in samples]
+    logits = predictor.logits(images, progress=progress, desc=samples[0]["case"])
+    first = samples[0]
+    kind = "volume" if first.get("source") is not None else "2d"
+    if kind == "2d" and len(samples) > 1:
+        raise ValueError(f"{entry['image']}: {len(samples)} frames in a 2D task; use a volume task or split the frames")
+    return CasePrediction(case=entry.get("case") or first["case"], image_path=str(entry["image"]), kind=kind,
+                          images=images, logits=logits, slices=[s["slice"] for s in samples],
+                          source=first.get("source"), spacing=tuple(first["spacing"]))
+
+
+def _outputs(pred: CasePrediction, out_dir: Path, formats: Sequence[str], probabilities: bool) -> dict[str, Path]:
+    names: dict[str, Path] = {}
+    if "nifti" in formats:
+        names["nifti"] = out_dir / f"{pred.case}.nii.gz"
+    if "png" in formats:
+        if pred.kind == "2d":
+            names["png"] = out_dir / f"{pred.case}_mask.png"
+        names["overlay"] = out_dir / (f"{pred.case}_overlay.png" if pred.kind == "2d" else f"{pred.case}_montage.png")
+    if "dicom-seg" in formats:
+        names["dicom-seg"] = out_dir / f"{pred.case}_seg.dcm"
+    if probabilities:
+        names["probabilities"] = out_dir / f"{pred.case}_prob.nii.gz"
+    return names
+
+
+def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str], labels: Sequence[str],
+               probabilities: bool = False, overwrite: bool = False) -> dict[str, str]:
+    """Write one case's outputs; every file is checked before any is written (no silent overwrite)."""
+    out_dir = Path(out_dir)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    names = _outputs(pred, out_dir, formats, probabilities)
+    for path in names.values():
+        check_writable(path, overwrite)
+    labels_map = pred.label_map()
+    written: dict[str, str] = {}
+    if pred.kind == "2d":
+        affine = np.diag([pred.spacing[0], pred.spacing[1], 1.0, 1.0])
+        if "nifti" in names:
+            write_nifti(labels_map[..., None], affine, names["nifti"], overwrite)
+        if "png" in names:
+            write_png_mask(labels_map, names["png"], overwrite)
+        if "overlay" in names:
+            write_overlay(pred.images[0].numpy(), _split(labels_map, len(labels)), names["overlay"], overwrite)
+        if "probabilities" in names:
+            write_nifti(pred.probabilities().transpose(1, 2, 0)[:, :, None], affine, names["probabilities"], overwrite)
+        if "dicom-seg" in names:
+            write_dicom_seg(_split(labels_map, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
+    else:
+        src = pred.source
+        volume, affine = to_source_grid(labels_map, src["affine"], src["original_affine"])
+        if "nifti" in names:
+            write_nifti(volume, affine, names["nifti"], overwrite)
+        if "overlay" in names:
+            order = np.argsort(pred.slices)
+            maps = [_label_map(pred.logits[i]) for i in order]
+            write_montage([pred.images[i].numpy() for i in order], [_split(m, len(labels)) for m in maps],
+                          names["overlay"], overwrite=overwrite)
+        if "probabilities" in names:
+            probs = pred.probabilities().transpose(1, 2, 3, 0)  # (X, Y, Z, n)
+            prob_src, _ = to_source_grid(probs, src["affine"], src["original_affine"])
+            write_nifti(prob_src.astype(np.float32), affine, names["probabilities"], overwrite)
+        if "dicom-seg" in names:
+            if image_kind(pred.image_path) != "series":
+                raise ValueError(f"{pred.image_path}: DICOM-SEG needs DICOM input (a series folder or DICOM file)")
+            write_dicom_seg(_split(volume, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
+    written.update({k: str(v) for k, v in names.items()})
+    return written
+
+
+def _split(label_map: np.ndarray, n: int) -> np.ndarray:
+    """(n, ...) binary masks from a label map with values 1..n."""
+    return np.stack([label_map == i + 1 for i in range(n)]).astype(np.uint8)
+
+
+def summary_line(pred: CasePrediction, written: dict[str, str]) -> str:
+    return json.dumps({"case": pred.case, "kind": pred.kind, "slices": len(pred.slices), "outputs": written})
+
+
+def run_inference(
+    adapters: Sequence[str | Path],
+    input: str | Path,
+    out_dir: str | Path,
+    formats: Sequence[str] | None = None,
+    *,
+    axis: str | None = None,
+    batch_size: int = 8,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    split: str | None = None,
+    labels: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Predict every input with the adapters (one encoder pass per slice for all of them) and write the outputs.
+
+    ``formats`` defaults to ``png`` (mask + overlay) for 2D inputs and ``nifti`` + ``png`` (montage) for volumes.
+    Returns one record per case: case, kind, number of slices, written files.
+    """
+    from blosam_med.model.embedding_cache import EmbeddingCache
+
+    models, task = load_adapters(adapters, checkpoint)
+    names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
+    if len(names) != len(models):
+        raise ValueError(f"{len(names)} label names for {len(models)} adapters")
+    entries = collect_inputs(input, split)
+    cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False)
+    predictor = Predictor(models, cache, device=device, batch_size=batch_size)
+    records = []
+    for entry in entries:
+        pred = predict_case(entry, task, predictor, axis)
+        chosen = formats or (("png",) if pred.kind == "2d" else ("nifti", "png"))
+        written = write_case(pred, out_dir, chosen, names, probabilities, overwrite)
+        records.append({"case": pred.case, "kind": pred.kind, "slices": len(pred.slices), "outputs": written})
+        logger.info("%s", summary_line(pred, written))
+    return records

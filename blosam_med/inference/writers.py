@@ -1,0 +1,141 @@
+"""Writers for predictions: NIfTI on the source grid, PNG masks and overlays, DICOM-SEG referencing the source."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from blosam_med.io import atomic_write
+
+__all__ = ["to_source_grid", "write_nifti", "write_png_mask", "write_overlay", "write_montage", "write_dicom_seg",
+           "COLOURS"]
+
+logger = logging.getLogger(__name__)
+
+#: Contour colours of structures 1, 2, ... (RGB).
+COLOURS = ((255, 64, 64), (64, 160, 255), (64, 220, 64), (255, 200, 0), (200, 64, 255))
+
+
+def to_source_grid(array: np.ndarray, ras_affine: np.ndarray, original_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Undo the RAS reorientation: an (X, Y, Z[, ...]) array on the RAS grid -> the source file's voxel order.
+
+    Returns:
+        the reordered array and its affine (equal to ``original_affine`` up to float precision).
+    """
+    src = nib.orientations.io_orientation(np.asarray(original_affine))
+    ras = nib.orientations.io_orientation(np.asarray(ras_affine))
+    transform = nib.orientations.ornt_transform(ras, src)
+    out = nib.orientations.apply_orientation(array, transform)
+    affine = np.asarray(ras_affine) @ nib.orientations.inv_ornt_aff(transform, array.shape[:3])
+    if not np.allclose(affine, original_affine, atol=1e-3):
+        logger.warning("reoriented affine differs from the source affine by %.2g", np.abs(affine - original_affine).max())
+    return np.ascontiguousarray(out), np.asarray(original_affine, dtype=float)
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, overwrite: bool = False) -> Path:
+    """A NIfTI (``.nii.gz``) with this affine as both qform and sform, written atomically."""
+    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
+    img.set_qform(np.asarray(affine, dtype=float), code=1)
+    img.set_sform(np.asarray(affine, dtype=float), code=1)
+    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
+
+
+def write_png_mask(mask: np.ndarray, path: str | Path, overwrite: bool = False) -> Path:
+    """(H, W) label map as an 8-bit PNG: one structure 0/255, several structures their label values."""
+    mask = np.asarray(mask)
+    out = (mask > 0).astype(np.uint8) * 255 if mask.max() <= 1 else mask.astype(np.uint8)
+    return atomic_write(path, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"), overwrite=overwrite)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    img = np.asarray(image, dtype=np.float32)
+    img = np.repeat(img, 3, axis=0) if img.shape[0] == 1 else img[:3]
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def overlay(image: np.ndarray, masks: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Contours of each (H, W) mask in ``masks`` (n, H, W) drawn over the windowed image; (H, W, 3) uint8."""
+    rgb = _rgb(image).copy()
+    for i, m in enumerate(np.asarray(masks).astype(bool)):
+        edge = m & ~ndimage.binary_erosion(m, iterations=thickness, border_value=0)
+        rgb[edge] = COLOURS[i % len(COLOURS)]
+    return rgb
+
+
+def write_overlay(image: np.ndarray, masks: np.ndarray, path: str | Path, overwrite: bool = False) -> Path:
+    """PNG of mask contours over the windowed image."""
+    rgb = overlay(image, masks, thickness=max(1, max(np.asarray(image).shape[-2:]) // 256))
+    return atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"), overwrite=overwrite)
+
+
+def write_montage(slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], path: str | Path, columns: int = 4,
+                  count: int = 16, overwrite: bool = False) -> Path:
+    """A grid of up to ``count`` evenly spaced slices with contours (slices with foreground preferred)."""
+    n = len(slices)
+    with_fg = [i for i in range(n) if np.asarray(masks[i]).any()]
+    pool = with_fg if len(with_fg) >= min(count, n) // 2 and with_fg else list(range(n))
+    pick = [pool[int(round(j))] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
+    tiles = [overlay(slices[i], masks[i]) for i in pick]
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, columns)
+        canvas[r * h : r * h + t.shape[0], c * w : c * w + t.shape[1]] = t
+    return atomic_write(path, lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG"), overwrite=overwrite)
+
+
+def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, labels: Sequence[str],
+                    overwrite: bool = False) -> Path:
+    """A binary DICOM Segmentation (highdicom) referencing the source series or image, one segment per structure.
+
+    Args:
+        masks: (n, X, Y, Z) on the source series' ITK grid (x = columns, y = rows, z = slices by position), or
+            (n, H, W) for a single-frame source image.
+        source: the DICOM series folder or single DICOM file the prediction was made on.
+        labels: a name per structure (segment label).
+    """
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    source = Path(source)
+    files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+    datasets = [pydicom.dcmread(f) for f in files]
+    for ds in datasets:
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet
+    masks = np.asarray(masks).astype(bool)
+    if masks.ndim == 3:  # single frame: (n, H, W) -> frames (1, H, W, n)
+        pixels = masks.transpose(1, 2, 0)[None]
+    else:  # (n, X, Y, Z) ITK order -> (Z, rows, cols, n) with datasets sorted along the slice normal
+        orient = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(orient[:3], orient[3:])
+        datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
+        pixels = masks.transpose(3, 2, 1, 0)
+    algorithm = hd.AlgorithmIdentificationSequence(name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence,
+                                                   version="0.1.0")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1, segment_label=name[:64], segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=codes.SCT.AnatomicalStructure,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        for i, name in enumerate(labels)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="blosam_med", manufacturer_model_name="BLO-SAM",
+        software_versions="0.1.0", device_serial_number="0", series_description="BLO-SAM segmentation",
+        omit_empty_frames=False,
+    )
+    return atomic_write(path, lambda tmp: seg.save_as(tmp), overwrite=overwrite)
