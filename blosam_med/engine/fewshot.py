@@ -23,7 +23,7 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader, Sampler
 
-from blosam_med.data import TaskConfig, describe_draw, load_samples, sample_shots, split_ab
+from blosam_med.data import TaskConfig, case_id, describe_draw, load_samples, sample_shots, split_ab
 from blosam_med.io import atomic_write
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
@@ -125,13 +125,17 @@ class FewShotData:
     ) -> None:
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
-        pool = [dict(it, case=it.get("case") or _stem(it["image"])) for it in items]
-        if task.spatial_dims == 3 and getattr(task, "shot_unit", "slice") == "slice":
+        pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
+        if task.spatial_dims == 3 and task.shot_unit == "slice":
             slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
             shot_samples = sample_shots(slices, shots, seed)
         else:
             chosen = sample_shots(pool, shots, seed)
             shot_samples = load_samples(chosen, task, base_dir=base_dir)
+        empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
+        if empty:
+            raise ValueError(f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
+                             "mask); label the structure or remove the image from the training split")
         if bilevel:
             a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
         else:
@@ -177,10 +181,3 @@ class FewShotData:
             return path
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.draw, indent=1)), overwrite=True)
 
-
-def _stem(path: str) -> str:
-    name = Path(str(path)).name
-    for ext in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name

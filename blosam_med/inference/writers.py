@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def write_montage(slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], pat
     pool = with_fg if len(with_fg) >= min(count, n) // 2 and with_fg else list(range(n))
     pick = [pool[int(round(j))] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
     tiles = [overlay(slices[i], masks[i]) for i in pick]
+    scale = max(1, 192 // max(tiles[0].shape[:2]))  # small CT grids are enlarged (nearest) to stay readable
+    if scale > 1:
+        tiles = [np.kron(t, np.ones((scale, scale, 1), np.uint8)) for t in tiles]
     h = max(t.shape[0] for t in tiles)
     w = max(t.shape[1] for t in tiles)
     rows = -(-len(tiles) // columns)
@@ -114,6 +118,12 @@ def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, lab
     for ds in datasets:
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet
+        age = str(ds.get("PatientAge", ""))
+        if age and not re.fullmatch(r"\d{3}[DWMY]", age):  # e.g. "81" in some public sets: AS needs "081Y"
+            ds.PatientAge = f"{int(age):03d}Y" if age.isdigit() else ""
+        for keyword in _PATIENT_STUDY_TYPE2:  # type 2 attributes highdicom copies: present, possibly empty
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     masks = np.asarray(masks).astype(bool)
     if masks.ndim == 3:  # single frame: (n, H, W) -> frames (1, H, W, n)
         pixels = masks.transpose(1, 2, 0)[None]
@@ -138,4 +148,10 @@ def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, lab
         software_versions="0.1.0", device_serial_number="0", series_description="BLO-SAM segmentation",
         omit_empty_frames=False,
     )
+    if "ImageOrientationPatient" not in datasets[0]:  # projection images (DX/CR): Patient Orientation, type 2C
+        seg.PatientOrientation = datasets[0].get("PatientOrientation", "")
     return atomic_write(path, lambda tmp: seg.save_as(tmp), overwrite=overwrite)
+
+
+_PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+                        "ReferringPhysicianName", "StudyDate", "StudyTime")
