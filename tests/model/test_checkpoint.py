@@ -91,3 +91,14 @@ def test_backbone_checkpoint_errors_name_file_and_keys(tmp_path):
         build_backbone("medsam_vit_b")
     with pytest.raises(ValueError, match="unknown backbone 'vit_q'"):
         build_backbone("vit_q")
+
+
+def test_written_files_get_umask_permissions(tiny_backbone, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_adapter(_perturbed(tiny_backbone), tmp_path / "perm.pt")
+    finally:
+        os.umask(old)
+    assert (path.stat().st_mode & 0o777) == 0o644
