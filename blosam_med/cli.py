@@ -145,7 +145,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--task", default=None, help="task preset (default: the one stored in the adapter)")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a GPU, 1 on the CPU")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -208,7 +208,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", nargs="+", choices=("nifti", "png", "dicom-seg"), default=None,
                    help="outputs (default: png for 2D; nifti and a png montage for volumes)")
     p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None, help="slicing axis of volumes")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per encoder/decoder call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="slices per encoder/decoder call (default: 8 on a GPU, 1 on the CPU)")
     p.add_argument("--probabilities", action="store_true", help="also write sigmoid probability maps (NIfTI)")
     p.add_argument("--labels", nargs="+", default=None, help="structure names, one per adapter")
     p.add_argument("--split", default=None, help="datalist input: only this split")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
-from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.predictor import Predictor, default_batch_size
 from blosam_med.io import atomic_write
 from blosam_med.metrics import evaluate_cases
 from blosam_med.model.checkpoint import load_adapter
@@ -64,7 +64,7 @@ def evaluate_adapter(
     base_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     nsd_tolerance_mm: float = 2.0,
     out: str | Path | None = None,
     overwrite: bool = False,
@@ -94,6 +94,7 @@ def evaluate_adapter(
     datalist = data if isinstance(data, dict) else open_datalist(data)
     if split not in datalist or not datalist[split]:
         raise ValueError(f"{data}: the datalist has no '{split}' cases")
+    batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True)
     masks = Predictor([model], cache, device=device, batch_size=batch_size).masks([s["image"] for s in samples])

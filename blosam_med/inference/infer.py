@@ -21,7 +21,7 @@ from blosam_med.data import (
     open_datalist,
     slices_to_volume,
 )
-from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.predictor import Predictor, default_batch_size
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -234,7 +234,7 @@ def run_inference(
     formats: Sequence[str] | None = None,
     *,
     axis: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     probabilities: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
@@ -246,10 +246,12 @@ def run_inference(
     """Predict every input with the adapters (one encoder pass per slice for all of them) and write the outputs.
 
     ``formats`` defaults to ``png`` (mask + overlay) for 2D inputs and ``nifti`` + ``png`` (montage) for volumes.
+    ``batch_size`` defaults to 8 on a GPU and 1 on the CPU, where larger batches were slower (see the README).
     Returns one record per case: case, kind, number of slices, written files.
     """
     from blosam_med.model.embedding_cache import EmbeddingCache
 
+    batch_size = batch_size or default_batch_size(device)
     models, task = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):

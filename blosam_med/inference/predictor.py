@@ -10,7 +10,12 @@ from tqdm.auto import tqdm
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache
 
-__all__ = ["Predictor"]
+__all__ = ["Predictor", "default_batch_size"]
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """Slices per call: 8 on a GPU; 1 on the CPU, where larger batches measured slower (scripts/benchmark_inference.py)."""
+    return 8 if torch.device(device).type == "cuda" else 1
 
 
 class Predictor:
