@@ -180,6 +180,8 @@ def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str]
     if unknown:
         raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
     names = _outputs(pred, out_dir, formats, probabilities)
+    if "dicom-seg" in names and image_kind(pred.image_path) not in ("series", "dicom"):
+        raise ValueError(f"{pred.image_path}: DICOM-SEG needs DICOM input (a series folder or DICOM file)")
     for path in names.values():
         check_writable(path, overwrite)
     labels_map = pred.label_map()
@@ -211,8 +213,6 @@ def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str]
             prob_src, _ = to_source_grid(probs, src["affine"], src["original_affine"])
             write_nifti(prob_src.astype(np.float32), affine, names["probabilities"], overwrite)
         if "dicom-seg" in names:
-            if image_kind(pred.image_path) != "series":
-                raise ValueError(f"{pred.image_path}: DICOM-SEG needs DICOM input (a series folder or DICOM file)")
             write_dicom_seg(_split(volume, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
     written.update({k: str(v) for k, v in names.items()})
     return written
