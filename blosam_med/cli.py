@@ -80,6 +80,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("blosam", "single"), default="blosam")
     p.add_argument("--hypergradient", choices=("first_order", "second_order"), default="first_order")
+    p.add_argument("--roles", choices=("fixed", "alternate"), default="fixed",
+                   help="bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--views", type=int, default=0, help="augmented views per shot (cached once)")
     p.add_argument("--batch-size", type=int, default=2)
@@ -109,7 +111,7 @@ def _run_train(args: argparse.Namespace) -> int:
         "dataset_dir": str(data.parent if data.is_file() else data),
         "datalist_file": str(data) if data.is_file() else None,
         "output_dir": str(args.out), "seed": args.seed, "method": args.method, "hypergradient": args.hypergradient,
-        "iterations": args.iterations, "views": args.views, "batch_size": args.batch_size, "lr": args.lr,
+        "roles": args.roles, "iterations": args.iterations, "views": args.views, "batch_size": args.batch_size, "lr": args.lr,
         "backbone": args.backbone, "backbone_checkpoint": args.checkpoint, "device": f"$torch.device('{device}')",
         "resume": args.resume, "overwrite": args.overwrite,
     }
@@ -233,10 +235,70 @@ def _run_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- study
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="few-shot study grid (tasks x shots x seeds x methods) with MLflow and a report")
+    p.add_argument("config", help="study YAML (configs/study/fewshot.yaml)")
+    p.add_argument("--out", default=None, help="study folder (default: the config's output_dir)")
+    p.add_argument("--data-root", default=None, help="folder with one sub-folder per task (default: the config's)")
+    p.add_argument("--tasks", nargs="+", default=None, help="only these tasks")
+    p.add_argument("--shots", type=int, nargs="+", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None, help="only these methods (names in the config)")
+    p.add_argument("--iterations", type=int, default=None, help="training iterations of every bundle cell")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished cells")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args: argparse.Namespace) -> int:
+    from blosam_med.study import load_study, run_study, write_report
+
+    raw = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
+    overrides: dict = {}
+    for key in ("shots", "seeds"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.out:
+        overrides["output_dir"] = args.out
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    if args.iterations is not None:
+        overrides["train"] = {"iterations": args.iterations}
+    study = raw and raw.get("study") or {}
+    for key, chosen in (("tasks", args.tasks), ("methods", args.methods)):
+        if chosen:
+            known = study.get(key) or {}
+            unknown = [c for c in chosen if c not in known]
+            if unknown:
+                raise CLIError(f"{args.config}: no {key} {unknown} (the config has {list(known)})")
+            overrides[key] = None  # replaced below: a mapping merge cannot drop keys
+    config = load_study(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
+    if args.tasks:
+        config.tasks = {t: config.tasks[t] for t in args.tasks}
+    if args.methods:
+        config.methods = [config.method(m) for m in args.methods]
+    failed: dict = {}
+    if args.report_only:
+        report = write_report(config)
+    else:
+        summary = run_study(config, device=resolve_device(args.device), cache_dir=args.cache_dir,
+                            tracking=not args.no_tracking)
+        report, failed = summary["report"], summary["failed"]
+    print(report["table"])
+    print(json.dumps({"report": str(config.output_dir / "report"), "cells": report["cells"],
+                      "cpu_minutes": round(report["cpu_seconds"] / 60, 1), "failed": sorted(failed)}))
+    for cell, error in failed.items():
+        print(f"blosam study: cell {cell} failed: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------------------------ registration
 # Each entry adds one subcommand. Keep one ``_add_<name>`` function per subcommand above.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info, _add_prepare, _add_train, _add_evaluate, _add_infer,
+    _add_info, _add_prepare, _add_train, _add_evaluate, _add_infer, _add_study,
 ]
 
 

@@ -300,7 +300,8 @@ def load_samples(
     """2D samples for datalist entries ``{"image": path, "label": path}`` (``label`` optional).
 
     Args:
-        items: datalist entries; paths relative to ``base_dir`` (or absolute); an entry's ``case`` is kept.
+        items: datalist entries; paths relative to ``base_dir`` (or absolute); an entry's ``case`` is kept; a volume
+            entry's optional ``slices: [start, stop]`` keeps only that slab (slice indices along the axis).
         task: the task preset.
         base_dir: folder the paths are relative to.
         foreground_only: volumes: only slices with foreground (default: ``task.foreground_only``, meant for
@@ -326,7 +327,11 @@ def load_samples(
         pair = load_pair(image_path, label_path, task=task)
         case = item.get("case") or case_id(image_path)
         if pair["kind"] == "volume":
-            out.extend(volume_to_slices(pair, axis or task.axis, fg and label_path is not None, step, case))
+            slices = volume_to_slices(pair, axis or task.axis, fg and label_path is not None, step, case)
+            if item.get("slices") is not None:  # a slab of the volume: [start, stop) along the slicing axis
+                start, stop = (int(v) for v in item["slices"])
+                slices = [s for s in slices if start <= s["slice"] < stop]
+            out.extend(slices)
         elif pair["kind"] == "frames":
             out.extend(_frames(pair, step, fg, case))
         else:

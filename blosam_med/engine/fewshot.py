@@ -28,7 +28,12 @@ from blosam_med.io import atomic_write
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
 
-__all__ = ["FewShotData", "EpochSampler", "label_target", "augmentation", "DrawMismatchError"]
+__all__ = ["FewShotData", "EpochSampler", "AlternatingSampler", "draw_shot_samples", "label_target", "augmentation",
+           "DrawMismatchError", "ROLES"]
+
+#: How the shots serve the two levels: ``fixed`` (A trains the adapter, B the prompt, as in the paper) or
+#: ``alternate`` (A and B swap roles every iteration, so every shot trains both levels, never in the same step).
+ROLES = ("fixed", "alternate")
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,61 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randint(self.size, (self.num_samples,), generator=g).tolist())
 
 
+class AlternatingSampler(Sampler[int]):
+    """Batches drawn with replacement alternately from two index ranges, ``[0, n_a)`` and ``[n_a, n_a + n_b)``.
+
+    Batch ``j`` of an epoch comes from range ``(j + first) % 2``; a second sampler with the other ``first`` gives the
+    complementary batch, so the two loaders of a bi-level step never draw from the same subset in one iteration.
+    Seeded by (seed, epoch) like :class:`EpochSampler`.
+    """
+
+    def __init__(self, n_a: int, n_b: int, num_samples: int, batch_size: int, first: int = 0, seed: int = 0) -> None:
+        if n_a < 1 or n_b < 1:
+            raise ValueError(f"both subsets need at least one item, got {n_a} and {n_b}")
+        self.n, self.num_samples, self.batch_size = (n_a, n_b), num_samples, batch_size
+        self.first, self.seed, self.epoch = first, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        out: list[int] = []
+        for j in range(-(-self.num_samples // self.batch_size)):
+            side = (j + self.first) % 2
+            size = min(self.batch_size, self.num_samples - len(out))
+            offset = 0 if side == 0 else self.n[0]
+            out.extend((offset + torch.randint(self.n[side], (size,), generator=g)).tolist())
+        return iter(out)
+
+
+def draw_shot_samples(
+    items: Sequence[dict], task: TaskConfig, shots: int, seed: int, base_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The ``shots`` 2D training samples of a seeded draw (images, or annotated slices of volumes).
+
+    Every method of a study that uses this draw (BLO-SAM, single-level, a U-Net) trains on the same samples.
+
+    Raises:
+        ValueError: a drawn shot has no labelled structure (the message names the files).
+    """
+    pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
+    if task.spatial_dims == 3 and task.shot_unit == "slice":
+        slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
+        shot_samples = sample_shots(slices, shots, seed)
+    else:
+        chosen = sample_shots(pool, shots, seed)
+        shot_samples = load_samples(chosen, task, base_dir=base_dir)
+    empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
+    if empty:
+        raise ValueError(f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
+                         "mask); label the structure or remove the image from the training split")
+    return shot_samples
+
+
 class FewShotData:
     """The shots a run trains on, split into subsets A and B, with every view's embedding cached.
 
@@ -108,6 +168,7 @@ class FewShotData:
         views: augmented views per shot besides the original (0 = none).
         fraction_a: share of the shots in subset A.
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
+        roles: ``fixed`` or ``alternate`` (see :data:`ROLES`); bi-level only.
         base_dir: folder the datalist paths are relative to.
     """
 
@@ -121,27 +182,23 @@ class FewShotData:
         views: int = 0,
         fraction_a: float = 0.5,
         bilevel: bool = True,
+        roles: str = "fixed",
         base_dir: str | Path | None = None,
     ) -> None:
+        if roles not in ROLES:
+            raise ValueError(f"roles must be one of {ROLES}, got '{roles}'")
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
+        self.roles = roles if bilevel else "fixed"
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
-        pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
-        if task.spatial_dims == 3 and task.shot_unit == "slice":
-            slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
-            shot_samples = sample_shots(slices, shots, seed)
-        else:
-            chosen = sample_shots(pool, shots, seed)
-            shot_samples = load_samples(chosen, task, base_dir=base_dir)
-        empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
-        if empty:
-            raise ValueError(f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
-                             "mask); label the structure or remove the image from the training split")
+        shot_samples = draw_shot_samples(items, task, shots, seed, base_dir)
         if bilevel:
             a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
         else:
             a, b = list(shot_samples), []
         self.draw = describe_draw(a, b)
         self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
+        if self.roles != "fixed":
+            self.draw["roles"] = self.roles
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
         self.validation = Dataset([d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0])
@@ -158,17 +215,29 @@ class FewShotData:
         ]
 
     def loader(self, subset: str, batch_size: int, num_samples: int | None = None, num_workers: int = 0) -> DataLoader:
-        """Batches of ``subset`` (``"a"``, ``"b"`` or ``"validation"``): with ``num_samples``, drawn with
-        replacement by an :class:`EpochSampler` (an epoch of ``num_samples // batch_size`` iterations); without, one
-        pass in order."""
+        """Batches of ``subset`` (``"a"``, ``"b"`` or ``"validation"``).
+
+        With ``num_samples``: drawn with replacement, ``num_samples // batch_size`` batches per epoch, by an
+        :class:`EpochSampler` (roles ``fixed``) or an :class:`AlternatingSampler` over A and B (roles ``alternate``:
+        the ``a`` loader starts on A, the ``b`` loader on B). A batch never holds more items than its subset has
+        (a duplicate only repeats the same gradient). Without ``num_samples``: one pass in order.
+        """
         key = subset.lower()
         ds = {"a": self.subset_a, "b": self.subset_b, "validation": self.validation}[key]
         if len(ds) == 0:
             raise ValueError(f"subset {subset} is empty; the draw was {self.draw}")
         if num_samples is None:
             return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        sampler = EpochSampler(len(ds), num_samples, seed=self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key])
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+        seed = self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key]
+        if self.roles == "alternate" and key in ("a", "b"):
+            n_a, n_b = len(self.subset_a), len(self.subset_b)
+            bs = min(batch_size, n_a, n_b)
+            sampler = AlternatingSampler(n_a, n_b, num_samples // batch_size * bs, bs, first=int(key == "b"), seed=seed)
+            ds = Dataset(list(self.subset_a.data) + list(self.subset_b.data))
+        else:
+            bs = min(batch_size, len(ds))
+            sampler = EpochSampler(len(ds), num_samples // batch_size * bs, seed=seed)
+        return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=num_workers)
 
     def write_draw(self, path: str | Path, resume: bool = False) -> Path:
         """Record the draw (JSON). When resuming, the recorded draw must equal this one."""

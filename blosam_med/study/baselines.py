@@ -1,0 +1,144 @@
+"""Reference methods of the study: SAM with an oracle box prompt, and a U-Net trained from scratch on the shots."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from scipy import ndimage
+
+from blosam_med.engine.fewshot import augmentation, label_target
+from blosam_med.model.backbones import Backbone, Preprocessing
+from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.preprocess import postprocess_logits, preprocess_image
+
+__all__ = ["component_boxes", "BoxPromptPredictor", "UNetBaseline"]
+
+logger = logging.getLogger(__name__)
+
+
+def component_boxes(label: np.ndarray, min_fraction: float = 1e-3) -> np.ndarray:
+    """Bounding boxes ``(N, 4)`` as ``x0, y0, x1, y1`` (pixels, inclusive-exclusive) of the connected components
+    of a 2D mask, ignoring specks smaller than ``min_fraction`` of the foreground (always keeping the largest)."""
+    lab, n = ndimage.label(np.asarray(label) > 0)
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    keep = [i + 1 for i, s in enumerate(sizes) if s >= min_fraction * sizes.sum() or s == sizes.max()]
+    boxes = []
+    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if k in keep:
+            ys, xs = sl
+            boxes.append([xs.start, ys.start, xs.stop, ys.stop])
+    return np.asarray(boxes, dtype=np.float32)
+
+
+class BoxPromptPredictor:
+    """The backbone as MedSAM is used: one box prompt per object, here the ground-truth box of each component
+    (an oracle: it needs the answer's extent, so it is a reference, not a competitor). The component masks are
+    united; a sample without foreground gets an empty mask.
+
+    Args:
+        backbone: the pretrained backbone (its own prompt encoder and mask decoder, untouched).
+        cache: embedding cache of that backbone (shared with the other methods).
+        device: where the decoder runs.
+    """
+
+    def __init__(self, backbone: Backbone, cache: EmbeddingCache, device: str | torch.device = "cpu") -> None:
+        self.backbone, self.cache, self.device = backbone, cache, torch.device(device)
+
+    @torch.inference_mode()
+    def masks(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per sample a (1, H, W) uint8 mask from the boxes of ``labels`` (each (1, H, W))."""
+        prep = self.backbone.preprocessing
+        pe, md = self.backbone.prompt_encoder.to(self.device), self.backbone.mask_decoder.to(self.device)
+        out = []
+        for image, label in zip(images, labels):
+            h, w = image.shape[-2:]
+            boxes = component_boxes(label[0].numpy())
+            if len(boxes) == 0:
+                out.append(torch.zeros((1, h, w), dtype=torch.uint8))
+                continue
+            scale = prep.input_size / max(h, w)
+            box = torch.as_tensor(boxes * scale, device=self.device)
+            emb = self.cache.embed([image]).to(self.device)
+            sparse, dense = pe(points=None, boxes=box, masks=None)
+            logits, _ = md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                           dense_prompt_embeddings=dense, multimask_output=False)
+            union = logits.amax(dim=0, keepdim=True)  # (1, 1, 256, 256)
+            out.append((postprocess_logits(union, prep, (h, w))[0] > 0).to(torch.uint8).cpu())
+        return out
+
+
+class UNetBaseline:
+    """A MONAI ``UNet`` trained from scratch on the shots: the usual supervised baseline.
+
+    Images go through the backbone's geometry (longest side to ``prep.input_size``, zero padding) and min-max
+    normalisation; training uses the same DiceCE loss as BLO-SAM and on-the-fly augmentation (flips, small
+    affine, intensity), AdamW with a polynomial decay.
+
+    Args:
+        prep: input geometry (use the backbone's, so every method sees the same pixels).
+        channels: UNet feature channels per level.
+        iterations, batch_size, lr, weight_decay: optimisation.
+        seed: initialisation and augmentation seed.
+        device: where it trains.
+    """
+
+    def __init__(self, prep: Preprocessing, channels: Sequence[int] = (16, 32, 64, 128, 256), iterations: int = 300,
+                 batch_size: int = 2, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
+                 device: str | torch.device = "cpu") -> None:
+        self.prep = Preprocessing(prep.input_size, "minmax")
+        self.iterations, self.batch_size, self.lr, self.weight_decay = iterations, batch_size, lr, weight_decay
+        self.seed, self.device = seed, torch.device(device)
+        torch.manual_seed(seed)
+        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=tuple(channels),
+                        strides=(2,) * (len(channels) - 1), num_res_units=2).to(self.device)
+
+    def fit(self, samples: Sequence[dict[str, Any]]) -> list[float]:
+        """Train on 2D samples (``image`` (C, H, W) in [0, 1], ``label`` (1, H, W)); returns the loss per iteration."""
+        x = torch.stack([preprocess_image(s["image"], self.prep) for s in samples])
+        y = torch.stack([label_target(torch.as_tensor(s["label"]), self.prep.input_size) for s in samples])
+        aug = augmentation()
+        aug.set_random_state(seed=self.seed)
+        g = torch.Generator().manual_seed(self.seed)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=self.iterations, power=0.9)
+        loss_fn = DiceCELoss(sigmoid=True)
+        bs = min(self.batch_size, len(samples))
+        losses = []
+        self.net.train()
+        for _ in range(self.iterations):
+            idx = torch.randint(len(samples), (bs,), generator=g).tolist()
+            views = [aug({"image": x[i].clone(), "label": y[i].clone()}) for i in idx]
+            xb = torch.stack([torch.as_tensor(v["image"]) for v in views]).float().to(self.device)
+            yb = (torch.stack([torch.as_tensor(v["label"]) for v in views]) > 0.5).float().to(self.device)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(self.net(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"U-Net training diverged (loss {losses[-1]}) at iteration {len(losses)}")
+        return losses
+
+    @torch.inference_mode()
+    def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image a (1, H, W) uint8 mask at its own size."""
+        self.net.eval()
+        out = []
+        for image in images:
+            logits = self.net(preprocess_image(image, self.prep)[None].to(self.device))
+            out.append((postprocess_logits(logits, self.prep, tuple(image.shape[-2:]))[0] > 0).to(torch.uint8).cpu())
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+

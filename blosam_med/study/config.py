@@ -1,0 +1,149 @@
+"""A few-shot study: tasks x shots x seeds x methods, read from one YAML file."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
+
+#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``;
+#: ``zero_shot``: the backbone untrained, prompt-free with its default no-mask embedding;
+#: ``box_prompt``: the backbone prompted with the ground-truth box of every connected component (an oracle);
+#: ``unet``: a MONAI network trained from scratch on the same shots.
+METHOD_KINDS = ("bundle", "zero_shot", "box_prompt", "unet")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the study: a ``kind`` (see :data:`METHOD_KINDS`), a label for tables, and its options."""
+
+    name: str
+    kind: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the method uses the shots (one cell per shots x seed) or not (one cell per task)."""
+        return self.kind in ("bundle", "unet")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a method on a task, for one draw (shots, seed) when the method trains."""
+
+    task: str
+    method: MethodSpec
+    shots: int | None = None
+    seed: int | None = None
+
+    @property
+    def id(self) -> str:
+        """Folder and MLflow run name: ``polyp/k4_s0/blosam-fo`` or ``polyp/box-oracle``."""
+        if self.shots is None:
+            return f"{self.task}/{self.method.name}"
+        return f"{self.task}/k{self.shots}_s{self.seed}/{self.method.name}"
+
+
+@dataclass
+class StudyConfig:
+    """The grid and how each cell runs.
+
+    Args:
+        name: study name (MLflow experiment ``blosam_study_<name>``).
+        output_dir: where cells, datalists, the report and ``mlruns.db`` go.
+        data_root: folder holding one sub-folder per task.
+        tasks: ``{task: {data: folder under data_root, preset: name or YAML, split: {...}}}``.
+        shots, seeds: the few-shot grid.
+        methods: the methods, in table order.
+        train: bundle overrides for every ``bundle`` cell (iterations, batch_size...).
+        test_fraction, split_seed: the case-level train/test split made when a task folder has no datalist.json.
+        overlays: qualitative overlays per task in the report.
+        dev_size: training-pool samples per task that every cell also scores when they are not among its shots:
+            the development set on which variants are compared (the test split is only reported).
+    """
+
+    name: str
+    output_dir: Path
+    data_root: Path
+    tasks: dict[str, dict[str, Any]]
+    shots: list[int]
+    seeds: list[int]
+    methods: list[MethodSpec]
+    train: dict[str, Any] = field(default_factory=dict)
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    overlays: int = 3
+    dev_size: int = 16
+    source: str = ""
+
+    def cells(self) -> list[Cell]:
+        """Every cell, cheap ones (no training) first within a task."""
+        out: list[Cell] = []
+        for task in self.tasks:
+            out += [Cell(task, m) for m in self.methods if not m.trains]
+            for shots, seed in itertools.product(self.shots, self.seeds):
+                out += [Cell(task, m, shots, seed) for m in self.methods if m.trains]
+        return out
+
+    def method(self, name: str) -> MethodSpec:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(f"no method '{name}' in the study (methods: {[m.name for m in self.methods]})")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a study YAML (top-level ``study:``); ``overrides`` replace keys (``{"seeds": [0], "shots": [2]}``).
+
+    Relative ``output_dir`` and ``data_root`` are taken from the current directory, like the bundle's paths.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a missing or malformed key (the message names the file and the key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: study config not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw.get("study"), dict):
+        raise ValueError(f"{path}: expected a top-level 'study:' mapping")
+    cfg = _merge(raw["study"], overrides or {})
+    for key in ("name", "tasks", "shots", "seeds", "methods"):
+        if not cfg.get(key):
+            raise ValueError(f"{path}: study.{key} is missing or empty")
+    methods = []
+    for name, spec in cfg["methods"].items():
+        spec = dict(spec or {})
+        kind = spec.pop("kind", None)
+        if kind not in METHOD_KINDS:
+            raise ValueError(f"{path}: study.methods.{name}.kind must be one of {METHOD_KINDS}, got {kind!r}")
+        methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
+    tasks = {t: dict(v or {}) for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict)
+                                            else ((t, {}) for t in cfg["tasks"]))}
+    for t, v in tasks.items():
+        v.setdefault("data", t)
+        v.setdefault("preset", t)
+    shots = [int(k) for k in cfg["shots"]]
+    if min(shots) < 2:
+        raise ValueError(f"{path}: study.shots must be >= 2 (BLO-SAM splits the shots into two subsets), got {shots}")
+    return StudyConfig(
+        name=str(cfg["name"]), output_dir=Path(cfg.get("output_dir", f"runs/study_{cfg['name']}")),
+        data_root=Path(cfg.get("data_root", "../shared/data")), tasks=tasks, shots=shots,
+        seeds=[int(s) for s in cfg["seeds"]], methods=methods, train=dict(cfg.get("train") or {}),
+        test_fraction=float(cfg.get("test_fraction", 0.2)), split_seed=int(cfg.get("split_seed", 0)),
+        overlays=int(cfg.get("overlays", 3)), dev_size=int(cfg.get("dev_size", 16)), source=str(path),
+    )

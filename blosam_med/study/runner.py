@@ -1,0 +1,260 @@
+"""Run a study: every cell once, resumable, each cell an MLflow run nested under the study's run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
+from blosam_med.engine.fewshot import draw_shot_samples
+from blosam_med.inference.evaluate import group_volumes
+from blosam_med.inference.predictor import Predictor
+from blosam_med.io import atomic_write
+from blosam_med.metrics import evaluate_cases
+from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
+from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
+from blosam_med.study.config import Cell, StudyConfig
+from blosam_med.study.tracking import StudyTracker
+
+__all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: A cell is done when this file exists in its folder (written last, atomically).
+RESULT_FILE = "result.json"
+
+
+def slab_split(datalist: dict[str, list[dict]], task: TaskConfig, test: tuple[float, float], gap: int = 2
+               ) -> dict[str, list[dict]]:
+    """Split single volumes along the slicing axis: slices in ``test`` (fractions of the volume) are the test
+    slab, slices more than ``gap`` away from it are training; the ``gap`` slices on each side are unused.
+
+    Meant for a task with too few volumes for a case-level split (the shared ``lung_ct`` has one): the split is
+    between slices of one patient, so test figures are optimistic next to a split by patient.
+    """
+    training, testing = [], []
+    for item in datalist.get("training", []) + datalist.get("test", []):
+        n = len(load_samples([{k: v for k, v in item.items() if k != "slices"}], task, foreground_only=False,
+                             every_n=1))
+        lo, hi = int(round(test[0] * n)), int(round(test[1] * n))
+        if not 0 < lo < hi < n:
+            raise ValueError(f"{item['image']}: slab {test} of {n} slices leaves no training slices")
+        testing.append(dict(item, slices=[lo, hi]))
+        training += [dict(item, slices=[0, max(lo - gap, 0)]), dict(item, slices=[min(hi + gap, n), n])]
+    return {"training": training, "test": testing}
+
+
+def study_datalist(config: StudyConfig, task: str, preset: TaskConfig) -> dict[str, list[dict]]:
+    """The task's datalist for this study, written once to ``<output_dir>/datalists/<task>.json`` and read back on
+    every later run, so a resumed study evaluates every cell on the same split."""
+    path = config.output_dir / "datalists" / f"{task}.json"
+    if path.is_file():
+        return open_datalist(None, path)
+    spec = config.tasks[task]
+    data = Path(spec["data"])
+    data = data if data.is_absolute() else config.data_root / data
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: data of task '{task}' not found (study data_root is {config.data_root})")
+    datalist = open_datalist(data, seed=config.split_seed, test_fraction=config.test_fraction)
+    if spec.get("split"):
+        s = spec["split"]
+        datalist = slab_split(datalist, preset, tuple(s["test_slab"]), int(s.get("gap", 2)))
+    if not datalist.get("test"):
+        raise ValueError(f"{data}: task '{task}' has no test cases; give it a datalist.json with a 'test' split or a "
+                         "slab split (study.tasks.{task}.split.test_slab)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_datalist({"name": task, **datalist}, path)
+    return open_datalist(None, path)
+
+
+@dataclass
+class StudyContext:
+    """What the cells share: one backbone, one embedding cache, and each task's preset, split and test samples."""
+
+    config: StudyConfig
+    device: torch.device
+    cache_dir: Path
+    backbone: Any = None
+    cache: EmbeddingCache | None = None
+    presets: dict[str, TaskConfig] = field(default_factory=dict)
+    datalists: dict[str, dict] = field(default_factory=dict)
+    test_samples: dict[str, list[dict]] = field(default_factory=dict)
+    dev_samples: dict[str, list[dict]] = field(default_factory=dict)
+
+    def setup(self, task: str) -> None:
+        if self.backbone is None:
+            self.backbone = build_backbone(self.config.train.get("backbone", "litemedsam"),
+                                           self.config.train.get("backbone_checkpoint"))
+            self.cache = EmbeddingCache(self.backbone, self.cache_dir, self.device, progress=True)
+        if task not in self.presets:
+            self.presets[task] = load_task(self.config.tasks[task]["preset"])
+            self.datalists[task] = study_datalist(self.config, task, self.presets[task])
+            self.test_samples[task] = load_samples(self.datalists[task]["test"], self.presets[task],
+                                                   foreground_only=False, every_n=1)
+            self.dev_samples[task] = dev_samples(self.datalists[task]["training"], self.presets[task],
+                                                 self.config.dev_size)
+
+    def preview_indices(self, task: str) -> list[int]:
+        """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
+        fg = [i for i, s in enumerate(self.test_samples[task]) if s["label"].any()]
+        n = min(self.config.overlays, len(fg))
+        return [fg[int(round(j))] for j in np.linspace(0, len(fg) - 1, n)] if n else []
+
+
+def dev_samples(items: list[dict], task: TaskConfig, size: int) -> list[dict]:
+    """Up to ``size`` 2D samples of the training pool, evenly spaced (images, or slices of the training slabs):
+    the development set on which variants are compared. A cell scores the ones that are not among its shots."""
+    if size <= 0:
+        return []
+    if task.spatial_dims == 3:
+        pool = load_samples(items, task, foreground_only=False, every_n=1)
+        return [pool[int(i)] for i in np.unique(np.linspace(0, len(pool) - 1, min(size, len(pool))).round())]
+    chosen = [items[int(i)] for i in np.unique(np.linspace(0, len(items) - 1, min(size, len(items))).round())]
+    return load_samples(chosen, task)
+
+
+def _key(sample: dict) -> tuple[str, Any]:
+    return sample["image_path"], sample.get("slice")
+
+
+def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = False) -> dict[str, Any]:
+    """Metrics per case: per image, or per volume (slices put back), or with ``per_sample`` per 2D sample."""
+    if per_sample:
+        cases = [{"case": f"{Path(s['image_path']).name}#{s.get('slice')}", "pred": m[0].numpy(),
+                  "label": s["label"][0].numpy(), "spacing": tuple(float(v) for v in s["spacing"])}
+                 for s, m in zip(samples, masks)]
+    else:
+        cases = group_volumes(samples, masks)
+    return evaluate_cases([c["pred"] for c in cases], [c["label"] for c in cases], [c["spacing"] for c in cases],
+                          [c["case"] for c in cases])
+
+
+def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
+    """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs)."""
+    from monai.bundle import ConfigWorkflow
+
+    from blosam_med.cli import bundle_config
+    from blosam_med.data import task_preset_path
+
+    config = ctx.config
+    override = {
+        "dataset_dir": None, "datalist_file": str(config.output_dir / "datalists" / f"{cell.task}.json"),
+        "output_dir": str(folder), "shots": cell.shots, "seed": cell.seed, "cache_dir": str(ctx.cache_dir),
+        "device": f"$torch.device('{ctx.device}')", "overwrite": True,
+        **config.train, **cell.method.options.get("set", {}),
+    }
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle_config("train.yaml")), str(task_preset_path(config.tasks[cell.task]["preset"]))],
+        meta_file=str(bundle_config("metadata.json")), logging_file=False, run_id="training", workflow_type="train",
+        **override,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    network = workflow.parser.get_parsed_content("network")
+    return network, json.loads((folder / "metrics.json").read_text())
+
+
+def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Train (when the method trains) and score one cell on the task's test split, and on the development
+    samples that are not among its shots (``result["dev"]``); returns the result and the test masks."""
+    ctx.setup(cell.task)
+    task, samples = ctx.presets[cell.task], ctx.test_samples[cell.task]
+    shots = draw_shot_samples(ctx.datalists[cell.task]["training"], task, cell.shots, cell.seed) if cell.shots else []
+    dev = [s for s in ctx.dev_samples[cell.task] if _key(s) not in {_key(t) for t in shots}]
+    kind, opts = cell.method.kind, cell.method.options
+    extra: dict[str, Any] = {}
+    if kind == "zero_shot":
+        predictor = Predictor([BloSam(ctx.backbone)], ctx.cache, ctx.device, 1)
+        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]  # noqa: E731
+    elif kind == "box_prompt":
+        boxes = BoxPromptPredictor(ctx.backbone, ctx.cache, ctx.device)
+        predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])  # noqa: E731
+    elif kind == "unet":
+        unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed, device=ctx.device, **opts)
+        losses = unet.fit(shots)
+        extra["train"] = {"final_loss": losses[-1], "iterations": len(losses),
+                          "shots": [f"{s['image_path']}#{s['slice']}" for s in shots]}
+        predict = lambda xs: unet.masks([s["image"] for s in xs])  # noqa: E731
+    else:
+        network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
+        predictor = Predictor([network], ctx.cache, ctx.device, 1)
+        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]  # noqa: E731
+    masks = predict(samples)
+    result = {**_score(samples, masks), **extra}
+    if dev:
+        scored = _score(dev, predict(dev), per_sample=True)
+        result["dev"] = {"mean": scored["mean"], "cases": scored["cases"]}
+    return result, masks
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)), overwrite=True)
+
+
+def run_study(config: StudyConfig, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
+              tracking: bool = True, report: bool = True) -> dict[str, Any]:
+    """Run every cell that is not done yet, then write the report.
+
+    A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
+    cleared and the cell rerun. A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
+    on. Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
+    """
+    from blosam_med.study.report import write_report
+
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir())
+    tracker = StudyTracker(config) if tracking else None
+    summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}}
+    for cell in config.cells():
+        folder = out / "cells" / cell.id
+        if (folder / RESULT_FILE).is_file():
+            summary["skipped"].append(cell.id)
+            continue
+        if folder.exists():
+            shutil.rmtree(folder)  # a cell killed halfway: its partial outputs are ours, start it again
+        folder.mkdir(parents=True)
+        logger.info("study %s: cell %s", config.name, cell.id)
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            result, masks = run_cell(ctx, cell, folder)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # one failed cell must not lose the others
+            logger.error("study %s: cell %s failed: %s", config.name, cell.id, err)
+            (folder / "error.txt").write_text(traceback.format_exc())
+            summary["failed"][cell.id] = f"{type(err).__name__}: {err}"
+            if tracker:
+                tracker.log_failure(cell, folder / "error.txt")
+            continue
+        preview = ctx.preview_indices(cell.task)
+        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})
+        result.update(cell=cell.id, task=cell.task, method=cell.method.name, label=cell.method.label,
+                      kind=cell.method.kind, shots=cell.shots, seed=cell.seed,
+                      wall_seconds=round(time.perf_counter() - wall, 2), cpu_seconds=round(time.process_time() - cpu, 2))
+        _write_json(folder / RESULT_FILE, result)
+        summary["done"].append(cell.id)
+        if tracker:
+            tracker.log_cell(cell, result, folder)
+    if report:
+        for task in config.tasks:
+            try:
+                ctx.setup(task)
+            except Exception as err:  # a task without data is reported as failed cells already
+                logger.error("study %s: task %s unavailable for the report: %s", config.name, task, err)
+        summary["report"] = write_report(config, ctx)
+        if tracker:
+            tracker.log_report(summary["report"])
+    if tracker:
+        tracker.finish(failed=bool(summary["failed"]))
+    return summary
