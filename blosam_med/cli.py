@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,6 +95,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --out)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--distributed", action="store_true",
+                   help="one of several torchrun processes: adds the bundle's multi_gpu_train.yaml (--batch-size is "
+                        "per process; gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)")
     p.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="other bundle overrides (lora_rank=8)")
     p.set_defaults(func=_run_train)
 
@@ -106,7 +110,7 @@ def _run_train(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
-    device = resolve_device(args.device)
+    device = _process_device(args.device) if args.distributed else resolve_device(args.device)
     override = {
         "dataset_dir": str(data.parent if data.is_file() else data),
         "datalist_file": str(data) if data.is_file() else None,
@@ -126,16 +130,26 @@ def _run_train(args: argparse.Namespace) -> int:
         if not sep:
             raise CLIError(f"--set {item}: expected ID=VALUE")
         override[key] = yaml.safe_load(value)
+    configs = [bundle_config("train.yaml")] + ([bundle_config("multi_gpu_train.yaml")] if args.distributed else [])
     workflow = ConfigWorkflow(
-        config_file=[str(bundle_config("train.yaml")), str(task_preset_path(args.task))],
+        config_file=[str(c) for c in configs] + [str(task_preset_path(args.task))],
         meta_file=str(bundle_config("metadata.json")), logging_file=False, run_id="training",
         workflow_type="train", tracking="mlflow" if args.tracking or args.tracking_uri else None, **override,
     )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    print(Path(args.out) / "adapter.pt")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(Path(args.out) / "adapter.pt")
     return 0
+
+
+def _process_device(name: str):
+    """The device of this torchrun process: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU machine, else the CPU."""
+    from blosam_med.distributed import local_device
+
+    resolve_device(name)  # the same checks as without --distributed
+    return local_device(name)
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -204,7 +218,10 @@ def _run_prepare(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- infer
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="prompt-free segmentation of images, DICOM, NIfTI volumes, folders, datalists")
-    p.add_argument("--adapter", action="append", required=True, help="adapter file; repeat for several structures")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", action="append", help="adapter file; repeat for several structures")
+    which.add_argument("--task", action="append", help="an adapter shipped with the package (lung_xray, lung_ct, polyp, "
+                       "teeth; see its MODEL_CARD.md); repeat for several structures")
     p.add_argument("--input", required=True, help="image, DICOM file or series folder, NIfTI, folder or datalist")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", nargs="+", choices=("nifti", "png", "dicom-seg"), default=None,
@@ -218,21 +235,49 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
     p.add_argument("--cache-dir", default=None, help="reuse/fill an embedding cache")
     p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on a GPU (not on the CPU)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute finished cases and replace existing outputs (a rerun skips finished cases)")
+    p.add_argument("--distributed", action="store_true",
+                   help="split the cases across torchrun processes (gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)")
     p.set_defaults(func=_run_infer)
 
 
 def _run_infer(args: argparse.Namespace) -> int:
+    """Exit status 0, or 2 when any case failed (each failure is on stderr and in ``<out>/manifest.json``)."""
+    from blosam_med import distributed
     from blosam_med.inference import run_inference
 
+    device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    if args.amp and device.type != "cuda":
+        raise CLIError(f"--amp {args.amp}: mixed precision runs on a GPU only; on the CPU ({device}) inference runs in "
+                       "float32, so drop --amp")
+    if args.distributed:
+        try:
+            distributed.init_process_group(device)
+        except RuntimeError as err:
+            raise CLIError(f"--distributed: {err}") from err
+    if args.adapter:
+        adapters = args.adapter
+    else:
+        from blosam_med.model.shipped import shipped_adapter
+
+        adapters = [str(shipped_adapter(task)) for task in args.task]
     records = run_inference(
-        args.adapter, args.input, args.out, args.format, axis=args.axis, batch_size=args.batch_size,
-        probabilities=args.probabilities, overwrite=args.overwrite, device=resolve_device(args.device),
-        checkpoint=args.checkpoint, split=args.split, labels=args.labels, cache_dir=args.cache_dir,
+        adapters, args.input, args.out, args.format, axis=args.axis, batch_size=args.batch_size,
+        probabilities=args.probabilities, overwrite=args.overwrite, device=device, checkpoint=args.checkpoint,
+        split=args.split, labels=args.labels, cache_dir=args.cache_dir, amp=args.amp,
     )
-    for record in records:
-        print(json.dumps(record))
-    return 0
+    failed = [r for r in records if r["status"] == "failed"]
+    if distributed.get_rank() == 0:
+        for record in records:
+            print(json.dumps(record))
+        for record in failed:
+            print(f"blosam infer: error: case {record['case']} ({record['image']}): {record['error']}", file=sys.stderr)
+    if args.distributed:  # every process reports before any exits (torchrun stops the rest when one exits non-zero)
+        distributed.barrier()
+        distributed.destroy_process_group()
+    return 2 if failed else 0
 
 
 # -------------------------------------------------------------------------------------------- study

@@ -124,7 +124,7 @@ class UNetBaseline:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"U-Net training diverged (loss {losses[-1]}) at iteration {len(losses)}")
         return losses

@@ -1,0 +1,176 @@
+"""The study runner on the tiny backbone: grid, nested MLflow runs, resume, failed cells, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from blosam_med.cli import main
+from blosam_med.data import load_task
+from blosam_med.study import load_study, run_study, slab_split
+from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline, component_boxes
+from blosam_med.study.report import aggregate, paired_differences
+from tests.synthetic import write_nifti
+
+METHODS = {
+    "blosam": {"kind": "bundle", "label": "BLO-SAM", "set": {"method": "blosam"}},
+    "single": {"kind": "bundle", "set": {"method": "single"}},
+    "unet": {"kind": "unet", "iterations": 2, "channels": [4, 8]},
+    "zero": {"kind": "zero_shot"},
+    "box": {"kind": "box_prompt"},
+}
+
+
+def _config(tmp_path: Path, data: Path, methods: dict = METHODS, **extra) -> Path:
+    study = {"name": "t", "output_dir": str(tmp_path / "study"), "data_root": str(data.parent),
+             "tasks": {"lung_xray": {"data": data.name}}, "shots": [2], "seeds": [0, 1],
+             "train": {"iterations": 2, "backbone": "tiny"}, "dev_size": 3, "methods": methods, **extra}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": study}))
+    return path
+
+
+def _mlflow_runs(out: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("blosam_study_t")
+    return client.search_runs([exp.experiment_id])
+
+
+def test_load_study_rejects_bad_configs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [2], "seeds": [0],
+                                             "methods": {"m": {"kind": "magic"}}}}))
+    with pytest.raises(ValueError, match=r"bad.yaml: study.methods.m.kind"):
+        load_study(bad)
+    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [1], "seeds": [0],
+                                             "methods": {"m": {"kind": "zero_shot"}}}}))
+    with pytest.raises(ValueError, match="shots must be >= 2"):
+        load_study(bad)
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_default_grid_cells():
+    config = load_study(Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml")
+    cells = config.cells()
+    trained = [m for m in config.methods if m.trains]
+    per_task = len(config.methods) - len(trained) + len(trained) * len(config.shots) * len(config.seeds)
+    assert len(cells) == len(config.tasks) * per_task
+    assert len({c.id for c in cells}) == len(cells)
+    assert {m.kind for m in config.methods} == {"bundle", "unet", "zero_shot", "box_prompt"}
+    assert len(config.seeds) >= 3
+
+
+def test_component_boxes_one_per_object():
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 3:9] = 1
+    mask[10:18, 20:28] = 1
+    mask[0, 29] = 1  # a speck: 1 of 89 foreground pixels, below min_fraction
+    boxes = component_boxes(mask, min_fraction=0.05)
+    assert boxes.tolist() == [[3, 2, 9, 6], [20, 10, 28, 18]]
+    assert component_boxes(np.zeros((5, 5))).shape == (0, 4)
+
+
+def test_box_prompt_predictor_shapes_and_empty(tiny_backbone, tmp_path):
+    from blosam_med.model import EmbeddingCache
+
+    cache = EmbeddingCache(tiny_backbone, None, "cpu", progress=False)
+    image = torch.rand(1, 40, 50)
+    label = torch.zeros(1, 40, 50, dtype=torch.uint8)
+    empty, = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
+    assert empty.shape == (1, 40, 50) and not empty.any()
+    label[0, 10:30, 5:25] = 1
+    boxed, = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
+    assert boxed.shape == (1, 40, 50) and boxed.dtype == torch.uint8
+
+
+def test_unet_baseline_learns_a_disc(synthetic_2d):
+    from blosam_med.data import load_samples, open_datalist
+    from blosam_med.model.backbones import Preprocessing
+
+    samples = load_samples(open_datalist(synthetic_2d)["training"][:4], load_task("lung_xray"))
+    unet = UNetBaseline(Preprocessing(64, "minmax"), channels=(8, 16, 32), iterations=60, lr=1e-2)
+    losses = unet.fit(samples)
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    masks = unet.masks([s["image"] for s in samples])
+    assert [tuple(m.shape) for m in masks] == [tuple(s["label"].shape) for s in samples]
+
+
+def test_slab_split_keeps_a_gap(tmp_path):
+    vol = np.zeros((16, 16, 20), np.int16)
+    lab = np.zeros((16, 16, 20), np.uint8)
+    lab[4:12, 4:12, 2:18] = 1
+    item = {"image": str(write_nifti(tmp_path / "ct.nii.gz", vol)), "label": str(write_nifti(tmp_path / "l.nii.gz", lab))}
+    task = load_task("lung_ct")
+    split = slab_split({"training": [item], "test": []}, task, (0.4, 0.6), gap=2)
+    (test,) = split["test"]
+    assert test["slices"] == [8, 12]
+    assert [t["slices"] for t in split["training"]] == [[0, 6], [14, 20]]
+    from blosam_med.data import load_samples
+
+    got = {s["slice"] for s in load_samples(split["training"], task, foreground_only=False, every_n=1)}
+    assert got == set(range(0, 6)) | set(range(14, 20))
+
+
+def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_path, capsys):
+    methods = dict(METHODS, broken={"kind": "unet", "no_such_option": 1})
+    config = _config(tmp_path, synthetic_2d, methods)
+    out = tmp_path / "study"
+    assert main(["study", str(config), "--device", "cpu"]) == 1  # the broken cells fail, the others finish
+    captured = capsys.readouterr()
+    assert "cell lung_xray/k2_s0/broken failed" in captured.err
+    done = sorted(p.parent.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("result.json"))
+    assert done == ["lung_xray/box", "lung_xray/k2_s0/blosam", "lung_xray/k2_s0/single", "lung_xray/k2_s0/unet",
+                    "lung_xray/k2_s1/blosam", "lung_xray/k2_s1/single", "lung_xray/k2_s1/unet", "lung_xray/zero"]
+    assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("no_such_option") >= 1
+
+    result = json.loads((out / "cells/lung_xray/k2_s0/blosam/result.json").read_text())
+    assert result["mean"]["dice"]["n"] == 2 and result["train"]["iterations"] == 2
+    assert 1 <= result["dev"]["mean"]["dice"]["n"] <= 3  # dev samples outside the draw only
+    draw = result["train"]["draw"]
+    dev_cases = {c["case"].split("#")[0] for c in result["dev"]["cases"]}
+    assert not dev_cases & {Path(d["image_path"]).name for d in draw["A"] + draw["B"]}
+
+    runs = _mlflow_runs(out)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(children) == 10
+    assert sum(r.info.status == "FAILED" for r in children) == 2
+    assert all("test_dice" in r.data.metrics for r in children if r.info.status == "FINISHED")
+
+    table = (out / "report/table.md").read_text()
+    assert "| lung_xray | BLO-SAM |" in table and "blosam − single" in table
+    assert (out / "report/dice_vs_shots.png").stat().st_size > 1000
+    assert (out / "report/overlays_lung_xray.png").is_file()
+
+    # rerun without the broken method: nothing is recomputed, nothing is tracked twice
+    stamp = (out / "cells/lung_xray/k2_s0/blosam/result.json").stat().st_mtime_ns
+    config = _config(tmp_path, synthetic_2d)
+    assert main(["study", str(config), "--device", "cpu"]) == 0
+    assert (out / "cells/lung_xray/k2_s0/blosam/result.json").stat().st_mtime_ns == stamp
+    assert len(_mlflow_runs(out)) == 11
+
+
+def test_aggregate_and_paired_differences():
+    config = load_study(Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml",
+                        {"shots": [2], "seeds": [0, 1]})
+    config.tasks = {"polyp": {}}
+    rows = []
+    for seed, (a, b) in enumerate([(0.6, 0.5), (0.4, 0.45)]):
+        for method, dice in (("blosam", a), ("single", b)):
+            rows.append({"task": "polyp", "method": method, "trains": True, "shots": 2, "seed": seed, "dice": dice,
+                         "hd95": 10.0, "nsd": 0.5, "dev_dice": dice, "cpu_seconds": 1.0})
+    rows.append({"task": "polyp", "method": "box-oracle", "trains": False, "shots": None, "seed": None, "dice": 0.9,
+                 "hd95": 3.0, "nsd": 0.9, "dev_dice": None, "cpu_seconds": 1.0})
+    agg = {(a["method"], a["shots"]): a for a in aggregate(config, rows)}
+    assert agg[("blosam", 2)]["dice_mean"] == pytest.approx(0.5) and agg[("blosam", 2)]["dice_std"] == pytest.approx(0.1)
+    assert agg[("box-oracle", 2)]["dice_mean"] == 0.9 and agg[("box-oracle", 2)]["dice_std"] is None
+    (pair,) = paired_differences(rows, "blosam", "single")
+    assert pair["mean"] == pytest.approx(0.025) and pair["wins"] == 1 and pair["n"] == 2
