@@ -239,7 +239,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute finished cases and replace existing outputs (a rerun skips finished cases)")
     p.add_argument("--distributed", action="store_true",
-                   help="split the cases across torchrun processes (gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)")
+                   help="split the cases across torchrun processes (gloo on the CPU, nccl with cuda:LOCAL_RANK on "
+                        "GPUs)")
     p.set_defaults(func=_run_infer)
 
 

@@ -76,3 +76,30 @@ def write_series(folder: Path, volume: np.ndarray, spacing_z: float = 2.5, z_pos
         ds.save_as(p)
         paths.append(p)
     return paths
+
+
+def write_ct_cohort(folder: Path, n: int = 4, shape: tuple[int, int, int] = (12, 10, 7),
+                    corrupt: str | None = None) -> Path:
+    """``folder/ct{i}.nii.gz``: ``n`` small random CT volumes (HU, int16, different affines); with ``corrupt``, also
+    ``folder/<corrupt>.nii.gz`` holding bytes that are not a NIfTI."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        hu = rng.normal(-700, 150, shape).astype(np.int16)
+        hu[2:7, 3:8, 1 + i % 3 : 5] = 40  # a soft-tissue block, placed differently per case
+        write_nifti(folder / f"ct{i}.nii.gz", hu, np.diag([0.8 + 0.1 * i, 0.9, 2.5, 1.0]))
+    if corrupt:
+        (folder / f"{corrupt}.nii.gz").write_bytes(b"\x1f\x8b not a nifti" * 10)
+    return folder
+
+
+def write_tiny_adapter(path: Path, task: str = "lung_ct", seed: int = 0) -> Path:
+    """An adapter of the tiny random backbone for ``task``, its prompt randomised by ``seed`` (so masks vary)."""
+    import torch
+
+    from blosam_med.data import load_task
+    from blosam_med.model import BloSam, build_backbone, save_adapter
+
+    model = BloSam(build_backbone("tiny"))
+    with torch.no_grad():
+        model.prompt.add_(torch.randn(model.prompt.shape, generator=torch.Generator().manual_seed(seed)))
+    return save_adapter(model, path, extra={"task": load_task(task).to_dict()})

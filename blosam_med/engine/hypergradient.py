@@ -11,6 +11,11 @@ where the Hessian-vector product is a central finite difference with ``R = eps /
     grad2_{a,w} L_A(w, a) @ v  ~  (grad_a L_A(w + R v, a) - grad_a L_A(w - R v, a)) / (2 R)
 
 Both functions leave every parameter value unchanged and return gradients for ``model.upper_parameters()``.
+
+Across processes (``torchrun``, each with a shard of the A and B batches) both take ``reduce``, which averages a list
+of gradients over the processes in place (:func:`blosam_med.distributed.average_`). Every gradient the formulas use
+(``grad_w L_A``, ``v`` and the direct term, ``grad_a L_A(w +- R v)``) is averaged before it is used, so the virtual
+step, ``R`` and the result are those of one process holding the whole batch.
 """
 
 from __future__ import annotations
@@ -24,20 +29,30 @@ from blosam_med.model.blosam import BloSam
 __all__ = ["first_order_hypergradient", "second_order_hypergradient", "HYPERGRADIENTS"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Reduce = Callable[[list], object]
+
+
+def _local(grads: list) -> list:
+    """The default ``reduce``: one process, nothing to average."""
+    return grads
 
 
 def first_order_hypergradient(
-    model: BloSam, loss_fn: Loss, batch_b: tuple[torch.Tensor, torch.Tensor], **_: object
+    model: BloSam, loss_fn: Loss, batch_b: tuple[torch.Tensor, torch.Tensor], *, reduce: Reduce = _local,
+    **_: object,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the B loss with respect to the prompt at the current lower weights.
+
+    ``reduce`` averages the gradients over processes in place (see the module docstring).
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss, detached).
     """
     emb_b, y_b = batch_b
     loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
-    grads = torch.autograd.grad(loss_b, model.upper_parameters())
-    return list(grads), loss_b.detach()
+    grads = list(torch.autograd.grad(loss_b, model.upper_parameters()))
+    reduce(grads)
+    return grads, loss_b.detach()
 
 
 def _set_(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
@@ -54,10 +69,11 @@ def second_order_hypergradient(
     batch_a: tuple[torch.Tensor, torch.Tensor],
     xi: float,
     eps: float = 0.01,
+    reduce: Reduce = _local,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DARTS second-order hypergradient: one virtual SGD step of the lower level on ``batch_a`` with step ``xi``,
     the B loss at the stepped weights, and a finite-difference Hessian-vector product (3 extra forward/backward
-    passes, no second derivatives).
+    passes, no second derivatives). ``reduce`` averages each gradient over processes before use (module docstring).
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss at the virtual weights, detached).
@@ -71,10 +87,12 @@ def second_order_hypergradient(
         return loss_fn(model.forward_embeddings(emb_a), y_a)
 
     try:
-        g_a = torch.autograd.grad(loss_a(), lower, allow_unused=True)
+        g_a = list(torch.autograd.grad(loss_a(), lower, allow_unused=True))
+        reduce(g_a)
         _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a)])  # w' (virtual step)
         loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
-        grads = torch.autograd.grad(loss_b, lower + upper, allow_unused=True)
+        grads = list(torch.autograd.grad(loss_b, lower + upper, allow_unused=True))
+        reduce(grads)
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower)]
         direct = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[len(lower) :], upper)]
         norm = torch.sqrt(sum((vi.double() ** 2).sum() for vi in v))
@@ -82,9 +100,10 @@ def second_order_hypergradient(
             return direct, loss_b.detach()
         r = eps / norm.item()
         _set_(lower, [w + r * vi for w, vi in zip(original, v)])
-        g_plus = torch.autograd.grad(loss_a(), upper)
+        g_plus = list(torch.autograd.grad(loss_a(), upper))
         _set_(lower, [w - r * vi for w, vi in zip(original, v)])
-        g_minus = torch.autograd.grad(loss_a(), upper)
+        g_minus = list(torch.autograd.grad(loss_a(), upper))
+        reduce(g_plus + g_minus)
     finally:
         _set_(lower, original)
     hyper = [d - xi * (gp - gm) / (2 * r) for d, gp, gm in zip(direct, g_plus, g_minus)]

@@ -13,6 +13,7 @@ from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
+from blosam_med import distributed as dist_utils
 from blosam_med.engine.hypergradient import HYPERGRADIENTS
 from blosam_med.model.blosam import BloSam
 
@@ -63,6 +64,18 @@ class BiLevelTrainer(Trainer):
     carries ``"loss"`` as a dict of floats (``loss_lower``, ``loss_upper``; ``loss_joint`` single-level), which
     ``from_engine(["loss"], first=True)`` hands to StatsHandler and MLFlowHandler as one metric per key.
 
+    Several processes (``distributed=True``, under ``torchrun`` with ``bundles/blosam/configs/multi_gpu_train.yaml``):
+    each process gets a shard of every A and B batch (:func:`blosam_med.distributed.shard_loader`), the trained
+    parameters start from rank 0's values, and every gradient is averaged over the processes before it is used: the
+    lower (or joint) step's gradients after ``backward``, and inside the hypergradient each gradient it is built from
+    (see :mod:`blosam_med.engine.hypergradient`). The processes therefore take identical steps, equal to one process's
+    steps on the whole (global) batch; logged losses are averaged too. The network is not wrapped in
+    ``DistributedDataParallel``: DDP averages gradients in hooks of one ``backward()`` per step over a fixed set of
+    parameters, whereas a bi-level step calls ``backward`` for the lower parameters only, then
+    ``torch.autograd.grad`` (which DDP's hooks do not reduce) for the prompt, and the second-order hypergradient
+    needs the averaged ``v`` before its finite-difference forwards at perturbed weights. The explicit all-reduce
+    keeps the single-process code path unchanged and communicates only the trained tensors (LoRA, heads, prompt).
+
     Args:
         device: where the decoder runs.
         max_epochs: epochs over the A loader (or ``epoch_length`` iterations each).
@@ -74,6 +87,7 @@ class BiLevelTrainer(Trainer):
         hypergradient: ``"first_order"`` or ``"second_order"``.
         unroll_lr: virtual step size of the second-order unrolled step; default: the lower group's current lr.
         fd_epsilon: finite-difference scale (``R = fd_epsilon / ||v||``).
+        distributed: average gradients and losses over the initialised ``torch.distributed`` process group.
         other arguments: as for :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -89,6 +103,7 @@ class BiLevelTrainer(Trainer):
         hypergradient: str = "first_order",
         unroll_lr: float | None = None,
         fd_epsilon: float = 0.01,
+        distributed: bool = False,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -106,6 +121,9 @@ class BiLevelTrainer(Trainer):
     ) -> None:
         if hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {sorted(HYPERGRADIENTS)}, got '{hypergradient}'")
+        if distributed and not dist_utils.is_distributed():
+            raise ValueError("distributed=True needs an initialised torch.distributed process group: run under "
+                             "torchrun with bundles/blosam/configs/multi_gpu_train.yaml merged after train.yaml")
         super().__init__(
             device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
             non_blocking=non_blocking, prepare_batch=prepare_batch, iteration_update=iteration_update,
@@ -120,10 +138,13 @@ class BiLevelTrainer(Trainer):
         self.hypergradient = hypergradient
         self.unroll_lr = unroll_lr
         self.fd_epsilon = fd_epsilon
+        self.distributed = distributed
         self.optim_set_to_none = optim_set_to_none
         self._upper_iter: Any = None
         self._check_groups()
         self.add_event_handler(Events.EPOCH_STARTED, self._set_sampler_epochs)
+        if distributed:
+            self.add_event_handler(Events.STARTED, self._broadcast_parameters)
         if decollate:
             self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._group_losses)
 
@@ -148,6 +169,14 @@ class BiLevelTrainer(Trainer):
             sampler = getattr(loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(engine.state.epoch)
+
+    def _broadcast_parameters(self, engine: BiLevelTrainer) -> None:
+        """Every process starts from rank 0's trained tensors (a resumed run then loads the same checkpoint)."""
+        dist_utils.broadcast_(engine.network.lower_parameters() + engine.network.upper_parameters())
+
+    def _average(self, tensors: list) -> list:
+        """Mean over the processes, in place (``distributed=True``); unchanged in one process."""
+        return list(dist_utils.average_(tensors)) if self.distributed else tensors
 
     def _next_upper_batch(self) -> Any:
         if self._upper_iter is None:
@@ -190,9 +219,11 @@ class BiLevelTrainer(Trainer):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine._backward(loss_a)
+        stepped = lower + upper if not engine.bilevel else lower
+        engine._average([p.grad for p in stepped])
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine._step(lower + upper if not engine.bilevel else lower)
-        output = {Keys.PRED: logits.detach(), Keys.LABEL: y_a, Keys.LOSS: loss_a.detach()}
+        engine._step(stepped)
+        output = {Keys.PRED: logits.detach(), Keys.LABEL: y_a, Keys.LOSS: engine._average([loss_a.detach().clone()])[0]}
 
         # upper level
         if engine.bilevel:
@@ -202,12 +233,13 @@ class BiLevelTrainer(Trainer):
             grads, loss_b = HYPERGRADIENTS[engine.hypergradient](
                 engine.network, engine.loss_function, (x_b, y_b), batch_a=(x_a, y_a),
                 xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(), eps=engine.fd_epsilon,
+                reduce=engine._average,
             )
             engine.optimizer.zero_grad(set_to_none=True)
             for p, g in zip(upper, grads):
                 p.grad = g.detach()
             engine._step(upper)
-            output["loss_upper"] = loss_b
+            output["loss_upper"] = engine._average([loss_b.clone()])[0]
         engine.state.output = output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,15 @@ from blosam_med.model.backbones import Backbone, build_backbone
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter, read_adapter
 
-__all__ = ["CasePrediction", "load_adapters", "collect_inputs", "predict_case", "write_case", "FORMATS"]
+__all__ = ["CasePrediction", "load_adapters", "collect_inputs", "predict_case", "write_case", "output_paths",
+           "run_inference", "FORMATS", "AMP_DTYPES"]
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("nifti", "png", "dicom-seg")
+
+#: ``amp`` choices of :func:`run_inference`: autocast dtypes on a GPU.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -157,18 +161,21 @@ def predict_case(entry: dict, task: TaskConfig, predictor: Predictor, axis: str 
                           source=first.get("source"), spacing=tuple(first["spacing"]))
 
 
-def _outputs(pred: CasePrediction, out_dir: Path, formats: Sequence[str], probabilities: bool) -> dict[str, Path]:
+def output_paths(case: str, kind: str, out_dir: str | Path, formats: Sequence[str],
+                 probabilities: bool = False) -> dict[str, Path]:
+    """The files :func:`write_case` writes for a case of ``kind`` (``"2d"`` or ``"volume"``), by output name."""
+    out_dir = Path(out_dir)
     names: dict[str, Path] = {}
     if "nifti" in formats:
-        names["nifti"] = out_dir / f"{pred.case}.nii.gz"
+        names["nifti"] = out_dir / f"{case}.nii.gz"
     if "png" in formats:
-        if pred.kind == "2d":
-            names["png"] = out_dir / f"{pred.case}_mask.png"
-        names["overlay"] = out_dir / (f"{pred.case}_overlay.png" if pred.kind == "2d" else f"{pred.case}_montage.png")
+        if kind == "2d":
+            names["png"] = out_dir / f"{case}_mask.png"
+        names["overlay"] = out_dir / (f"{case}_overlay.png" if kind == "2d" else f"{case}_montage.png")
     if "dicom-seg" in formats:
-        names["dicom-seg"] = out_dir / f"{pred.case}_seg.dcm"
+        names["dicom-seg"] = out_dir / f"{case}_seg.dcm"
     if probabilities:
-        names["probabilities"] = out_dir / f"{pred.case}_prob.nii.gz"
+        names["probabilities"] = out_dir / f"{case}_prob.nii.gz"
     return names
 
 
@@ -179,7 +186,7 @@ def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str]
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown output format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    names = _outputs(pred, out_dir, formats, probabilities)
+    names = output_paths(pred.case, pred.kind, out_dir, formats, probabilities)
     if "dicom-seg" in names and image_kind(pred.image_path) not in ("series", "dicom"):
         raise ValueError(f"{pred.image_path}: DICOM-SEG needs DICOM input (a series folder or DICOM file)")
     for path in names.values():
@@ -242,28 +249,51 @@ def run_inference(
     split: str | None = None,
     labels: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
+    amp: str | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every input with the adapters (one encoder pass per slice for all of them) and write the outputs.
 
     ``formats`` defaults to ``png`` (mask + overlay) for 2D inputs and ``nifti`` + ``png`` (montage) for volumes.
     ``batch_size`` defaults to 8 on a GPU and 1 on the CPU, where larger batches were slower (see the README).
-    Returns one record per case: case, kind, number of slices, written files.
+    ``amp`` (``"bf16"`` or ``"fp16"``, GPU only) runs encoder and decoders under ``torch.autocast``.
+
+    Inputs are cases of a cohort (:mod:`blosam_med.inference.cohort`): when a ``torch.distributed`` process group is
+    initialised (``torchrun ... blosam infer --distributed``) each process predicts its share of the cases; each case
+    gets a status file, finished cases of an earlier run are skipped, a failing case is recorded and the others go
+    on, and ``<out_dir>/manifest.json`` lists every case. Returns one record per case (all processes' cases): case,
+    image, status (done/skipped/failed), rank, kind, number of slices, written files, error, seconds.
+
+    Raises:
+        ValueError: ``amp`` on the CPU or unknown, adapters that do not fit together, two inputs of one case name.
     """
+    from blosam_med.inference.cohort import run_cohort, run_signature
     from blosam_med.model.embedding_cache import EmbeddingCache
 
+    device = torch.device(device)
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"amp '{amp}': choose one of {sorted(AMP_DTYPES)}")
+    if amp is not None and device.type != "cuda":
+        raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device}); on the CPU inference runs in float32")
+    amp_dtype = AMP_DTYPES[amp] if amp else None
     batch_size = batch_size or default_batch_size(device)
     models, task = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
     entries = collect_inputs(input, split)
-    cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False)
-    predictor = Predictor(models, cache, device=device, batch_size=batch_size)
-    records = []
-    for entry in entries:
-        pred = predict_case(entry, task, predictor, axis)
+    cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype)
+    predictor = Predictor(models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+
+    def run_case(entry: dict, claim: Callable[[dict[str, Path]], None]) -> dict[str, Any]:
+        pred = predict_case(entry, task, predictor, axis, progress=False)
         chosen = formats or (("png",) if pred.kind == "2d" else ("nifti", "png"))
-        written = write_case(pred, out_dir, chosen, names, probabilities, overwrite)
-        records.append({"case": pred.case, "kind": pred.kind, "slices": len(pred.slices), "outputs": written})
+        claim(output_paths(pred.case, pred.kind, out_dir, chosen, probabilities))
+        written = write_case(pred, out_dir, chosen, names, probabilities, overwrite=True)  # claim checked them
         logger.info("%s", summary_line(pred, written))
-    return records
+        return {"kind": pred.kind, "slices": len(pred.slices), "outputs": written}
+
+    signature = run_signature(adapters, formats=formats, axis=axis, probabilities=probabilities, labels=names,
+                              amp=amp, checkpoint=str(checkpoint) if checkpoint else None)
+    description = {"input": str(input), "adapters": [str(a) for a in adapters], "formats": formats, "axis": axis,
+                   "labels": names, "device": str(device), "amp": amp}
+    return run_cohort(entries, run_case, out_dir, signature, overwrite=overwrite, description=description)

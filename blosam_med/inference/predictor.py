@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from blosam_med.model.blosam import BloSam
-from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.embedding_cache import EmbeddingCache, autocast
 
 __all__ = ["Predictor", "default_batch_size"]
 
@@ -26,10 +26,11 @@ class Predictor:
         cache: embedding cache to read and fill; ``None`` encodes in memory without keeping anything.
         device: where the decoders run.
         batch_size: images per decoder call.
+        amp_dtype: run the decoders under ``torch.autocast`` with this dtype (GPU); logits come back as float32.
     """
 
     def __init__(self, models: Sequence[BloSam], cache: EmbeddingCache | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, amp_dtype: torch.dtype | None = None) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
         names = {(m.backbone_name, m.embedding_shape) for m in models}
@@ -38,6 +39,7 @@ class Predictor:
         self.models = [m.to(device).eval() for m in models]
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.amp_dtype = amp_dtype
         self.cache = cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, batch_size,
                                                                     progress=False)
 
@@ -52,7 +54,8 @@ class Predictor:
                           leave=False):
             chunk = list(images[start : start + self.batch_size])
             emb = self.cache.embed(chunk).to(self.device)
-            per_model = [m.forward_embeddings(emb) for m in self.models]  # each (b, 1, h, w)
+            with autocast(self.device, self.amp_dtype):
+                per_model = [m.forward_embeddings(emb).float() for m in self.models]  # each (b, 1, h, w)
             for i, im in enumerate(chunk):
                 size = tuple(im.shape[-2:])
                 out.append(torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu())

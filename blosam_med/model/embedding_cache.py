@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,9 +16,14 @@ from blosam_med.io import atomic_write
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.preprocess import preprocess_image
 
-__all__ = ["EmbeddingCache"]
+__all__ = ["EmbeddingCache", "autocast"]
 
 logger = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` with ``dtype``; no autocast for ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 class EmbeddingCache:
@@ -25,7 +31,10 @@ class EmbeddingCache:
 
     The key hashes the preprocessed encoder input, so an augmented view, a different window or a different
     preprocessing is a different entry. Entries are written atomically; an unreadable, truncated or inconsistent entry
-    is logged, recomputed and rewritten.
+    is logged, recomputed and rewritten. Several processes (``torchrun`` ranks, on one node or sharing a network
+    folder) may use one cache: each entry is written to a temporary file and renamed into place (``os.replace``), so
+    a reader sees a whole entry or none; when two processes encode the same input, the last rename wins and both
+    entries are valid (``tests/distributed/test_cache_sharing.py``).
 
     Args:
         backbone: the backbone whose encoder produces the embeddings.
@@ -33,6 +42,8 @@ class EmbeddingCache:
         device: where the encoder runs.
         batch_size: images per encoder call.
         progress: show a progress bar while encoding.
+        amp_dtype: run the encoder under ``torch.autocast`` with this dtype (GPU inference); entries computed so are
+            kept apart from float32 ones.
     """
 
     def __init__(
@@ -42,6 +53,7 @@ class EmbeddingCache:
         device: str | torch.device = "cpu",
         batch_size: int = 4,
         progress: bool = True,
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.backbone = backbone
         self.root = Path(root) if root is not None else None
@@ -49,10 +61,12 @@ class EmbeddingCache:
         self.batch_size = batch_size
         self.progress = progress
         self.encoder_calls = 0
-        self._salt = json.dumps(
-            {"backbone": backbone.name, "weights": backbone.fingerprint, "prep": backbone.preprocessing.to_dict()},
-            sort_keys=True,
-        ).encode()
+        self.amp_dtype = amp_dtype
+        described = {"backbone": backbone.name, "weights": backbone.fingerprint,
+                     "prep": backbone.preprocessing.to_dict()}
+        if amp_dtype is not None:
+            described["amp"] = str(amp_dtype)
+        self._salt = json.dumps(described, sort_keys=True).encode()
 
     def key(self, encoder_input: torch.Tensor) -> str:
         """SHA-256 of the backbone description and the preprocessed input's bytes."""
@@ -93,7 +107,8 @@ class EmbeddingCache:
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         self.encoder_calls += 1
         encoder = self.backbone.image_encoder.to(self.device)
-        return encoder(batch.to(self.device)).float().cpu()
+        with autocast(self.device, self.amp_dtype):
+            return encoder(batch.to(self.device)).float().cpu()
 
     def embed_inputs(self, inputs: Sequence[torch.Tensor], desc: str = "encoding") -> torch.Tensor:
         """Embeddings (N, C, h, w) for preprocessed encoder inputs, each (3, S, S); misses are encoded in batches."""

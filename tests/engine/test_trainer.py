@@ -101,3 +101,8 @@ def test_trainable_state_round_trip(tiny_backbone):
     emb = torch.randn(1, *tiny_backbone.embedding_shape)
     with torch.no_grad():
         assert torch.equal(fresh.eval().forward_embeddings(emb), model.eval().forward_embeddings(emb))
+
+
+def test_distributed_needs_a_process_group(tiny_backbone):
+    with pytest.raises(ValueError, match="initialised torch.distributed process group.*multi_gpu_train.yaml"):
+        _trainer(tiny_backbone, distributed=True)

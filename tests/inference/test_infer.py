@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -148,7 +149,12 @@ def test_cli_png_and_errors(tmp_path, synthetic_2d, capsys):
     assert set(record["outputs"]) == {"png", "overlay"}
     mask = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(record["outputs"]["png"]))
     assert mask.shape == (48, 56) and set(np.unique(mask)) <= {0, 255}
-    assert main(args) == 2 and "already exists" in capsys.readouterr().err  # no silent overwrite
+    written_at = Path(record["outputs"]["png"]).stat().st_mtime_ns
+    assert main(args) == 0  # a rerun skips the finished case
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["status"] == "skipped"
+    assert Path(record["outputs"]["png"]).stat().st_mtime_ns == written_at
+    shutil.rmtree(tmp_path / "out" / ".blosam_status")  # outputs no run of ours recorded: no silent overwrite
+    assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
 
     sam_like = tmp_path / "other.pt"
