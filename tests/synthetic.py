@@ -103,3 +103,18 @@ def write_tiny_adapter(path: Path, task: str = "lung_ct", seed: int = 0) -> Path
     with torch.no_grad():
         model.prompt.add_(torch.randn(model.prompt.shape, generator=torch.Generator().manual_seed(seed)))
     return save_adapter(model, path, extra={"task": load_task(task).to_dict()})
+
+
+def write_synthetic_2d(root: Path, n: int = 8, size: tuple[int, int] = (48, 56), seed: int = 0) -> Path:
+    """``root/images/*.png`` (grey, a bright disc on noise) and ``root/masks/*.png`` (0/255 disc)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    for i in range(n):
+        cy, cx, r = rng.integers(14, size[0] - 14), rng.integers(14, size[1] - 14), rng.integers(6, 12)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        image = np.clip(60 + 120 * disc + rng.normal(0, 20, size), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"case{i:02d}.png")
+    return root

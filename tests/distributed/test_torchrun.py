@@ -15,8 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import write_synthetic_2d
-from synthetic import write_ct_cohort, write_tiny_adapter
+from synthetic import write_ct_cohort, write_synthetic_2d, write_tiny_adapter
 
 from blosam_med.cli import main
 
