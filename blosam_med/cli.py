@@ -86,7 +86,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--views", type=int, default=0, help="augmented views per shot (cached once)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="AdamW learning rate (5e-3 left some 2-4 shot runs stuck at empty masks: README Results)")
     p.add_argument("--backbone", default="litemedsam")
     p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")

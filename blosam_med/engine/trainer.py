@@ -21,7 +21,7 @@ __all__ = ["BiLevelTrainer", "SingleLevelTrainer", "bilevel_param_groups", "Trai
 
 
 def bilevel_param_groups(
-    network: BloSam, lr: float = 5e-3, weight_decay: float = 0.1, upper_lr: float | None = None,
+    network: BloSam, lr: float = 1e-3, weight_decay: float = 0.1, upper_lr: float | None = None,
     upper_weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: group 0 lower level (LoRA + heads), group 1 upper level (prompt).

@@ -131,6 +131,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         kind = spec.pop("kind", None)
         if kind not in METHOD_KINDS:
             raise ValueError(f"{path}: study.methods.{name}.kind must be one of {METHOD_KINDS}, got {kind!r}")
+        if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
+            raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
     tasks = {t: dict(v or {}) for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict)
                                             else ((t, {}) for t in cfg["tasks"]))}

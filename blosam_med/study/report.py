@@ -91,7 +91,7 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
     lines = [f"Study `{config.name}` ({config.source}): mean ± std over seeds {config.seeds} of the per-cell mean "
              f"over test cases; methods without training have one value. Cells: {totals['cells']}, CPU time "
              f"{totals['cpu_seconds'] / 60:.1f} min, wall time {totals['wall_seconds'] / 60:.1f} min.", ""]
-    tables = (("dice", "Dice (test split)", 3), ("hd95", "HD95 (mm, test split)", 1),
+    tables = (("dice", "Dice (test split)", 3), ("hd95", "HD95 (test split; mm where the images carry a spacing, else pixels)", 1),
               ("dev_dice", "Dice on the development samples (training pool outside each draw; used to compare "
                "variants)", 3))
     for metric, title, digits in tables:
@@ -208,9 +208,10 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     rows = collect_results(config)
     agg = aggregate(config, rows)
-    baseline = "single" if any(m.name == "single" for m in config.methods) else None
-    pairs = [p for m in config.methods if m.kind == "bundle" and baseline and m.name != baseline
-             for metric in ("dice", "dev_dice") for p in paired_differences(rows, m.name, baseline, metric)]
+    names = {m.name for m in config.methods}
+    pairs = [p for m in config.methods if m.kind == "bundle"
+             for base in [m.options.get("baseline", "single")] if base in names and base != m.name
+             for metric in ("dice", "dev_dice") for p in paired_differences(rows, m.name, base, metric)]
     totals = {"cells": len(rows), "cpu_seconds": float(sum(r["cpu_seconds"] for r in rows)),
               "wall_seconds": float(sum(r["wall_seconds"] for r in rows))}
     files = []

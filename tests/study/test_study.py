@@ -53,6 +53,10 @@ def test_load_study_rejects_bad_configs(tmp_path):
                                              "methods": {"m": {"kind": "zero_shot"}}}}))
     with pytest.raises(ValueError, match="shots must be >= 2"):
         load_study(bad)
+    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [2], "seeds": [0],
+                                             "methods": {"m": {"kind": "bundle", "baseline": "singel"}}}}))
+    with pytest.raises(ValueError, match=r"study.methods.m.baseline names no method: 'singel'"):
+        load_study(bad)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_study(tmp_path / "nope.yaml")
 
