@@ -96,12 +96,15 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def generator(self) -> torch.Generator:
+        """The generator of the current epoch."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randint(self.size, (self.num_samples,), generator=g).tolist())
+        return iter(torch.randint(self.size, (self.num_samples,), generator=self.generator()).tolist())
 
 
-class AlternatingSampler(Sampler[int]):
+class AlternatingSampler(EpochSampler):
     """Batches drawn with replacement alternately from two index ranges, ``[0, n_a)`` and ``[n_a, n_a + n_b)``.
 
     Batch ``j`` of an epoch comes from range ``(j + first) % 2``; a second sampler with the other ``first`` gives the
@@ -112,17 +115,11 @@ class AlternatingSampler(Sampler[int]):
     def __init__(self, n_a: int, n_b: int, num_samples: int, batch_size: int, first: int = 0, seed: int = 0) -> None:
         if n_a < 1 or n_b < 1:
             raise ValueError(f"both subsets need at least one item, got {n_a} and {n_b}")
-        self.n, self.num_samples, self.batch_size = (n_a, n_b), num_samples, batch_size
-        self.first, self.seed, self.epoch = first, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(n_a + n_b, num_samples, seed)
+        self.n, self.batch_size, self.first = (n_a, n_b), batch_size, first
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = self.generator()
         out: list[int] = []
         for j in range(-(-self.num_samples // self.batch_size)):
             side = (j + self.first) % 2
