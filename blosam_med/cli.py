@@ -81,13 +81,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("blosam", "single"), default="blosam")
     p.add_argument("--hypergradient", choices=("first_order", "second_order"), default="first_order")
-    p.add_argument("--roles", choices=("fixed", "alternate"), default="fixed",
-                   help="bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration")
+    p.add_argument(
+        "--roles",
+        choices=("fixed", "alternate"),
+        default="fixed",
+        help="bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration",
+    )
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--views", type=int, default=0, help="augmented views per shot (cached once)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="AdamW learning rate (5e-3 left some 2-4 shot runs stuck at empty masks: README Results)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="AdamW learning rate (5e-3 left some 2-4 shot runs stuck at empty masks: README Results)",
+    )
     p.add_argument("--backbone", default="litemedsam")
     p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
@@ -96,9 +104,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --out)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--distributed", action="store_true",
-                   help="one of several torchrun processes: adds the bundle's multi_gpu_train.yaml (--batch-size is "
-                        "per process; gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several torchrun processes: adds the bundle's multi_gpu_train.yaml (--batch-size is "
+        "per process; gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="ID=VALUE", help="other bundle overrides (lora_rank=8)")
     p.set_defaults(func=_run_train)
 
@@ -115,10 +126,20 @@ def _run_train(args: argparse.Namespace) -> int:
     override = {
         "dataset_dir": str(data.parent if data.is_file() else data),
         "datalist_file": str(data) if data.is_file() else None,
-        "output_dir": str(args.out), "seed": args.seed, "method": args.method, "hypergradient": args.hypergradient,
-        "roles": args.roles, "iterations": args.iterations, "views": args.views, "batch_size": args.batch_size, "lr": args.lr,
-        "backbone": args.backbone, "backbone_checkpoint": args.checkpoint, "device": f"$torch.device('{device}')",
-        "resume": args.resume, "overwrite": args.overwrite,
+        "output_dir": str(args.out),
+        "seed": args.seed,
+        "method": args.method,
+        "hypergradient": args.hypergradient,
+        "roles": args.roles,
+        "iterations": args.iterations,
+        "views": args.views,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "backbone": args.backbone,
+        "backbone_checkpoint": args.checkpoint,
+        "device": f"$torch.device('{device}')",
+        "resume": args.resume,
+        "overwrite": args.overwrite,
     }
     if args.shots is not None:
         override["shots"] = args.shots
@@ -134,8 +155,12 @@ def _run_train(args: argparse.Namespace) -> int:
     configs = [bundle_config("train.yaml")] + ([bundle_config("multi_gpu_train.yaml")] if args.distributed else [])
     workflow = ConfigWorkflow(
         config_file=[str(c) for c in configs] + [str(task_preset_path(args.task))],
-        meta_file=str(bundle_config("metadata.json")), logging_file=False, run_id="training",
-        workflow_type="train", tracking="mlflow" if args.tracking or args.tracking_uri else None, **override,
+        meta_file=str(bundle_config("metadata.json")),
+        logging_file=False,
+        run_id="training",
+        workflow_type="train",
+        tracking="mlflow" if args.tracking or args.tracking_uri else None,
+        **override,
     )
     workflow.initialize()
     workflow.run()
@@ -176,9 +201,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     check_writable(args.out, args.overwrite)
     result = evaluate_adapter(
-        args.adapter, args.data, args.split, task=load_task(args.task) if args.task else None,
-        cache_dir=args.cache_dir, device=resolve_device(args.device), batch_size=args.batch_size,
-        nsd_tolerance_mm=args.nsd_tolerance, out=args.out, overwrite=args.overwrite,
+        args.adapter,
+        args.data,
+        args.split,
+        task=load_task(args.task) if args.task else None,
+        cache_dir=args.cache_dir,
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        out=args.out,
+        overwrite=args.overwrite,
     )
     print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))
     return 0
@@ -187,14 +219,22 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ prepare
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="check a data folder and write a MONAI datalist JSON with a seeded split")
-    p.add_argument("--images", required=True,
-                   help="images folder, task folder (images/ + masks/ or labels/), or folder of <case>/dicom/ series")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="images folder, task folder (images/ + masks/ or labels/), or folder of <case>/dicom/ series",
+    )
     p.add_argument("--masks", default=None, help="masks folder; None: masks/ or labels/ beside the images")
     p.add_argument("--out", required=True, help="datalist JSON to write (paths inside are relative to it)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of cases in the test split")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
-    p.add_argument("--label-values", type=int, nargs="+", default=None,
-                   help="mask values that are foreground; None: masks must be binary")
+    p.add_argument(
+        "--label-values",
+        type=int,
+        nargs="+",
+        default=None,
+        help="mask values that are foreground; None: masks must be binary",
+    )
     p.add_argument("--allow-empty", action="store_true", help="accept masks without foreground")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_run_prepare)
@@ -205,8 +245,14 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
     try:
         out, datalist = prepare_datalist(
-            args.images, args.masks, out=args.out, test_fraction=args.test_fraction, seed=args.seed,
-            label_values=args.label_values, require_foreground=not args.allow_empty, overwrite=args.overwrite,
+            args.images,
+            args.masks,
+            out=args.out,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            label_values=args.label_values,
+            require_foreground=not args.allow_empty,
+            overwrite=args.overwrite,
         )
     except DatalistError as err:
         print(f"blosam prepare: error: {len(err.problems)} problem(s); nothing written:", file=sys.stderr)
@@ -221,15 +267,28 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="prompt-free segmentation of images, DICOM, NIfTI volumes, folders, datalists")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--adapter", action="append", help="adapter file; repeat for several structures")
-    which.add_argument("--task", action="append", help="an adapter shipped with the package (lung_xray, lung_ct, polyp, "
-                       "teeth; see its MODEL_CARD.md); repeat for several structures")
+    which.add_argument(
+        "--task",
+        action="append",
+        help="an adapter shipped with the package (lung_xray, lung_ct, polyp, "
+        "teeth; see its MODEL_CARD.md); repeat for several structures",
+    )
     p.add_argument("--input", required=True, help="image, DICOM file or series folder, NIfTI, folder or datalist")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--format", nargs="+", choices=("nifti", "png", "dicom-seg"), default=None,
-                   help="outputs (default: png for 2D; nifti and a png montage for volumes)")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        choices=("nifti", "png", "dicom-seg"),
+        default=None,
+        help="outputs (default: png for 2D; nifti and a png montage for volumes)",
+    )
     p.add_argument("--axis", choices=("axial", "coronal", "sagittal"), default=None, help="slicing axis of volumes")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="slices per encoder/decoder call (default: 8 on a GPU, 1 on the CPU)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per encoder/decoder call (default: 8 on a GPU, 1 on the CPU)",
+    )
     p.add_argument("--probabilities", action="store_true", help="also write sigmoid probability maps (NIfTI)")
     p.add_argument("--labels", nargs="+", default=None, help="structure names, one per adapter")
     p.add_argument("--split", default=None, help="datalist input: only this split")
@@ -237,11 +296,16 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="reuse/fill an embedding cache")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on a GPU (not on the CPU)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="recompute finished cases and replace existing outputs (a rerun skips finished cases)")
-    p.add_argument("--distributed", action="store_true",
-                   help="split the cases across torchrun processes (gloo on the CPU, nccl with cuda:LOCAL_RANK on "
-                        "GPUs)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="recompute finished cases and replace existing outputs (a rerun skips finished cases)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="split the cases across torchrun processes (gloo on the CPU, nccl with cuda:LOCAL_RANK on GPUs)",
+    )
     p.set_defaults(func=_run_infer)
 
 
@@ -252,8 +316,10 @@ def _run_infer(args: argparse.Namespace) -> int:
 
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
     if args.amp and device.type != "cuda":
-        raise CLIError(f"--amp {args.amp}: mixed precision runs on a GPU only; on the CPU ({device}) inference runs in "
-                       "float32, so drop --amp")
+        raise CLIError(
+            f"--amp {args.amp}: mixed precision runs on a GPU only; on the CPU ({device}) inference runs in "
+            "float32, so drop --amp"
+        )
     if args.distributed:
         try:
             distributed.init_process_group(device)
@@ -266,9 +332,20 @@ def _run_infer(args: argparse.Namespace) -> int:
 
         adapters = [str(shipped_adapter(task)) for task in args.task]
     records = run_inference(
-        adapters, args.input, args.out, args.format, axis=args.axis, batch_size=args.batch_size,
-        probabilities=args.probabilities, overwrite=args.overwrite, device=device, checkpoint=args.checkpoint,
-        split=args.split, labels=args.labels, cache_dir=args.cache_dir, amp=args.amp,
+        adapters,
+        args.input,
+        args.out,
+        args.format,
+        axis=args.axis,
+        batch_size=args.batch_size,
+        probabilities=args.probabilities,
+        overwrite=args.overwrite,
+        device=device,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        labels=args.labels,
+        cache_dir=args.cache_dir,
+        amp=args.amp,
     )
     failed = [r for r in records if r["status"] == "failed"]
     if distributed.get_rank() == 0:
@@ -314,7 +391,7 @@ def _run_study(args: argparse.Namespace) -> int:
         overrides["data_root"] = args.data_root
     if args.iterations is not None:
         overrides["train"] = {"iterations": args.iterations}
-    study = raw and raw.get("study") or {}
+    study = (raw and raw.get("study")) or {}
     for key, chosen in (("tasks", args.tasks), ("methods", args.methods)):
         if chosen:
             known = study.get(key) or {}
@@ -331,12 +408,21 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.report_only:
         report = write_report(config)
     else:
-        summary = run_study(config, device=resolve_device(args.device), cache_dir=args.cache_dir,
-                            tracking=not args.no_tracking)
+        summary = run_study(
+            config, device=resolve_device(args.device), cache_dir=args.cache_dir, tracking=not args.no_tracking
+        )
         report, failed = summary["report"], summary["failed"]
     print(report["table"])
-    print(json.dumps({"report": str(config.output_dir / "report"), "cells": report["cells"],
-                      "cpu_minutes": round(report["cpu_seconds"] / 60, 1), "failed": sorted(failed)}))
+    print(
+        json.dumps(
+            {
+                "report": str(config.output_dir / "report"),
+                "cells": report["cells"],
+                "cpu_minutes": round(report["cpu_seconds"] / 60, 1),
+                "failed": sorted(failed),
+            }
+        )
+    )
     for cell, error in failed.items():
         print(f"blosam study: cell {cell} failed: {error}", file=sys.stderr)
     return 1 if failed else 0
@@ -345,7 +431,12 @@ def _run_study(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ registration
 # Each entry adds one subcommand. Keep one ``_add_<name>`` function per subcommand above.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info, _add_prepare, _add_train, _add_evaluate, _add_infer, _add_study,
+    _add_info,
+    _add_prepare,
+    _add_train,
+    _add_evaluate,
+    _add_infer,
+    _add_study,
 ]
 
 
@@ -366,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except Exception as err:

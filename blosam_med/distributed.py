@@ -19,8 +19,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 __all__ = [
-    "ShardSampler", "average_", "backend_for", "barrier", "broadcast_", "gather_objects", "get_rank", "get_world_size",
-    "destroy_process_group", "init_process_group", "is_distributed", "local_device", "shard_loader",
+    "ShardSampler",
+    "average_",
+    "backend_for",
+    "barrier",
+    "broadcast_",
+    "gather_objects",
+    "get_rank",
+    "get_world_size",
+    "destroy_process_group",
+    "init_process_group",
+    "is_distributed",
+    "local_device",
+    "shard_loader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,14 +89,17 @@ def init_process_group(device: str | torch.device) -> tuple[int, int]:
     if not is_distributed():
         missing = [k for k in TORCHRUN_ENV if k not in os.environ]
         if missing:
-            raise RuntimeError(f"distributed run without torchrun: {', '.join(missing)} not set; start it with "
-                               "`torchrun --nproc_per_node N -m blosam_med ...` (one process per GPU or CPU worker)")
+            raise RuntimeError(
+                f"distributed run without torchrun: {', '.join(missing)} not set; start it with "
+                "`torchrun --nproc_per_node N -m blosam_med ...` (one process per GPU or CPU worker)"
+            )
         device = torch.device(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend_for(device), init_method="env://")
-        logger.info("rank %d of %d joined (%s, %s)", dist.get_rank(), dist.get_world_size(), backend_for(device),
-                    device)
+        logger.info(
+            "rank %d of %d joined (%s, %s)", dist.get_rank(), dist.get_world_size(), backend_for(device), device
+        )
     return get_rank(), get_world_size()
 
 
@@ -152,8 +166,10 @@ class ShardSampler(Sampler[int]):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if global_batch_size % world_size:
-            raise ValueError(f"a global batch of {global_batch_size} does not split into {world_size} equal shards; "
-                             f"use a batch size per process and let the global batch be its multiple")
+            raise ValueError(
+                f"a global batch of {global_batch_size} does not split into {world_size} equal shards; "
+                f"use a batch size per process and let the global batch be its multiple"
+            )
         if len(sampler) % global_batch_size:
             raise ValueError(f"{len(sampler)} samples are not whole global batches of {global_batch_size}")
         self.sampler, self.global_batch_size = sampler, global_batch_size
@@ -187,8 +203,14 @@ def shard_loader(loader: DataLoader, rank: int | None = None, world_size: int | 
     if loader.batch_size is None:
         raise ValueError("shard_loader needs a loader with a batch_size (not a batch_sampler)")
     sampler = ShardSampler(loader.sampler, loader.batch_size, rank, world_size)
-    return DataLoader(loader.dataset, batch_size=sampler.shard, sampler=sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+    return DataLoader(
+        loader.dataset,
+        batch_size=sampler.shard,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+    )
 
 
 def destroy_process_group() -> None:

@@ -36,13 +36,18 @@ def find_run(tracking_uri: str, experiment_name: str, run_name: str) -> Any | No
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.runName = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
-def log_evaluation(result: dict[str, Any], tracking_uri: str, experiment_name: str, run_name: str,
-                   prefix: str = "test") -> bool:
+def log_evaluation(
+    result: dict[str, Any], tracking_uri: str, experiment_name: str, run_name: str, prefix: str = "test"
+) -> bool:
     """Add an evaluation's mean metrics (``test_dice``, ``test_hd95_mm``, ``test_nsd``) and its JSON to the
     training run of that name. Returns whether a run was found."""
     run = find_run(tracking_uri, experiment_name, run_name)

@@ -1,6 +1,6 @@
 """Why embeddings are cached: encoder time per image against a cached decoder forward+backward, in one run.
 
-    python scripts/benchmark_cache.py [--backbone litemedsam] [--images 6] [--batch 4]
+python scripts/benchmark_cache.py [--backbone litemedsam] [--images 6] [--batch 4]
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def main() -> None:
     with torch.inference_mode():
         encoder_s = _time(lambda: backbone.image_encoder(x), args.images)
     decoder_s = _time(decoder_step, args.images) / args.batch
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-          f"backbone {backbone.name} ({size}px)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+        f"backbone {backbone.name} ({size}px)"
+    )
     print(f"encoder forward per image:                  {encoder_s * 1000:8.1f} ms")
     print(f"decoder forward+backward per image (cached): {decoder_s * 1000:8.1f} ms  (batch {args.batch})")
     print(f"cached step speed-up (encoder+decoder)/decoder: {(encoder_s + decoder_s) / decoder_s:6.1f}x")

@@ -39,19 +39,43 @@ def _fresh_adapter(folder: Path) -> Path:
     from blosam_med.data import load_task
     from blosam_med.model import BloSam, build_backbone, save_adapter
 
-    return save_adapter(BloSam(build_backbone("litemedsam")), folder / "adapter.pt",
-                        extra={"task": load_task("lung_xray").to_dict()})
+    return save_adapter(
+        BloSam(build_backbone("litemedsam")), folder / "adapter.pt", extra={"task": load_task("lung_xray").to_dict()}
+    )
 
 
 def _run(name: str, cases: Path, adapter: Path, out: Path, processes: int, threads: int) -> dict:
     launcher = [sys.executable]
     extra: list[str] = []
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                     "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}"]
+        launcher += [
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(processes),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"127.0.0.1:{_free_port()}",
+        ]
         extra = ["--distributed"]
-    command = [*launcher, "-m", "blosam_med", "infer", "--adapter", str(adapter), "--input", str(cases),
-               "--out", str(out), "--device", "cpu", *extra]
+    command = [
+        *launcher,
+        "-m",
+        "blosam_med",
+        "infer",
+        "--adapter",
+        str(adapter),
+        "--input",
+        str(cases),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -62,8 +86,15 @@ def _run(name: str, cases: Path, adapter: Path, out: Path, processes: int, threa
     manifest = json.loads((out / "manifest.json").read_text())
     n = manifest["counts"]["done"]
     run_s = manifest["finished"] - manifest["started"]
-    return {"name": name, "cases": n, "run_s": run_s, "wall_s": wall, "load": load,
-            "cases_per_min": 60 * n / run_s, "cases_per_min_wall": 60 * n / wall}
+    return {
+        "name": name,
+        "cases": n,
+        "run_s": run_s,
+        "wall_s": wall,
+        "load": load,
+        "cases_per_min": 60 * n / run_s,
+        "cases_per_min_wall": 60 * n / wall,
+    }
 
 
 def main() -> None:
@@ -84,22 +115,30 @@ def main() -> None:
         for image in images:
             shutil.copy(image, cases / image.name)
         adapter = Path(args.adapter) if args.adapter else _fresh_adapter(work)
-        print(f"machine: {platform.machine()}, {cores} cores; {len(images)} cases from {args.images}; "
-              f"adapter {adapter.name if args.adapter else 'fresh LiteMedSAM (lung_xray)'}")
+        print(
+            f"machine: {platform.machine()}, {cores} cores; {len(images)} cases from {args.images}; "
+            f"adapter {adapter.name if args.adapter else 'fresh LiteMedSAM (lung_xray)'}"
+        )
         runs = [
             _run(f"1 process, {cores} threads", cases, adapter, work / "one", 1, cores),
             _run("1 process, 1 thread", cases, adapter, work / "one_t1", 1, 1),
             _run(f"{args.processes} processes, 1 thread each", cases, adapter, work / "many", args.processes, 1),
         ]
     for r in runs:
-        print(f"{r['name']:30s} {r['cases_per_min']:6.1f} cases/min over the cases ({r['run_s']:.1f} s), "
-              f"{r['cases_per_min_wall']:6.1f} with start-up ({r['wall_s']:.1f} s); "
-              f"load average before {r['load']:.2f}")
+        print(
+            f"{r['name']:30s} {r['cases_per_min']:6.1f} cases/min over the cases ({r['run_s']:.1f} s), "
+            f"{r['cases_per_min_wall']:6.1f} with start-up ({r['wall_s']:.1f} s); "
+            f"load average before {r['load']:.2f}"
+        )
     base, single_thread, many = runs
-    print(f"ratio {many['name']} / {base['name']}: {many['cases_per_min'] / base['cases_per_min']:.2f}x over the "
-          f"cases, {many['cases_per_min_wall'] / base['cases_per_min_wall']:.2f}x with start-up")
-    print(f"ratio {many['name']} / {single_thread['name']}: "
-          f"{many['cases_per_min'] / single_thread['cases_per_min']:.2f}x over the cases")
+    print(
+        f"ratio {many['name']} / {base['name']}: {many['cases_per_min'] / base['cases_per_min']:.2f}x over the "
+        f"cases, {many['cases_per_min_wall'] / base['cases_per_min_wall']:.2f}x with start-up"
+    )
+    print(
+        f"ratio {many['name']} / {single_thread['name']}: "
+        f"{many['cases_per_min'] / single_thread['cases_per_min']:.2f}x over the cases"
+    )
 
 
 if __name__ == "__main__":

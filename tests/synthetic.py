@@ -52,8 +52,14 @@ def ct_template() -> pydicom.Dataset:
     return ds
 
 
-def write_series(folder: Path, volume: np.ndarray, spacing_z: float = 2.5, z_positions=None,
-                 series_uid: str | None = None, decreasing: bool = False) -> list[Path]:
+def write_series(
+    folder: Path,
+    volume: np.ndarray,
+    spacing_z: float = 2.5,
+    z_positions=None,
+    series_uid: str | None = None,
+    decreasing: bool = False,
+) -> list[Path]:
     """Write an int16 (Z, rows, cols) volume (stored values) as a CT series; slice k at z = k * spacing_z (or at
     ``z_positions[k]``); with ``decreasing`` the instance numbers run against z."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,8 +84,9 @@ def write_series(folder: Path, volume: np.ndarray, spacing_z: float = 2.5, z_pos
     return paths
 
 
-def write_ct_cohort(folder: Path, n: int = 4, shape: tuple[int, int, int] = (12, 10, 7),
-                    corrupt: str | None = None) -> Path:
+def write_ct_cohort(
+    folder: Path, n: int = 4, shape: tuple[int, int, int] = (12, 10, 7), corrupt: str | None = None
+) -> Path:
     """``folder/ct{i}.nii.gz``: ``n`` small random CT volumes (HU, int16, different affines); with ``corrupt``, also
     ``folder/<corrupt>.nii.gz`` holding bytes that are not a NIfTI."""
     rng = np.random.default_rng(0)

@@ -26,8 +26,14 @@ from blosam_med.data.loading import NIFTI_EXT, RASTER_EXT, case_id, mask_values,
 from blosam_med.io import atomic_write, check_writable
 
 __all__ = [
-    "DatalistError", "find_pairs", "validate_pairs", "build_datalist", "write_datalist", "load_datalist",
-    "open_datalist", "prepare_datalist",
+    "DatalistError",
+    "find_pairs",
+    "validate_pairs",
+    "build_datalist",
+    "write_datalist",
+    "load_datalist",
+    "open_datalist",
+    "prepare_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,8 +62,9 @@ def _stems(folder: Path, problems: list[str]) -> dict[str, Path | None]:
             found.setdefault(case_id(p), []).append(p)
     for stem, paths in found.items():
         if len(paths) > 1:
-            problems.append(f"{paths[0]}: duplicate stem '{stem}' ({', '.join(p.name for p in paths)}); "
-                            "keep one file per case")
+            problems.append(
+                f"{paths[0]}: duplicate stem '{stem}' ({', '.join(p.name for p in paths)}); keep one file per case"
+            )
     return {k: v[0] if len(v) == 1 else None for k, v in found.items()}
 
 
@@ -77,8 +84,10 @@ def _pair(images: Path, masks: Path | None) -> tuple[list[dict[str, str]], list[
     if masks is None:
         cases = sorted(d for d in images.iterdir() if (d / "dicom").is_dir())
         if not cases:
-            raise FileNotFoundError(f"{images}: no known layout (images/ + masks/, images/ + labels/, or "
-                                    "<case>/dicom/ + <case>/label.nii.gz); pass --masks")
+            raise FileNotFoundError(
+                f"{images}: no known layout (images/ + masks/, images/ + labels/, or "
+                "<case>/dicom/ + <case>/label.nii.gz); pass --masks"
+            )
         pairs = []
         for c in cases:
             label = next((c / n for n in _SERIES_LABELS if (c / n).is_file()), None)
@@ -90,14 +99,21 @@ def _pair(images: Path, masks: Path | None) -> tuple[list[dict[str, str]], list[
     if not masks.is_dir():
         raise FileNotFoundError(f"{masks}: mask folder not found")
     imgs, msks = _stems(images, problems), _stems(masks, problems)
-    problems += [f"{imgs[s] or images / s}: missing mask: no file with stem '{s}' in {masks}"
-                 for s in sorted(set(imgs) - set(msks))]
-    problems += [f"{msks[s] or masks / s}: mask without image: no file with stem '{s}' in {images}"
-                 for s in sorted(set(msks) - set(imgs))]
+    problems += [
+        f"{imgs[s] or images / s}: missing mask: no file with stem '{s}' in {masks}"
+        for s in sorted(set(imgs) - set(msks))
+    ]
+    problems += [
+        f"{msks[s] or masks / s}: mask without image: no file with stem '{s}' in {images}"
+        for s in sorted(set(msks) - set(imgs))
+    ]
     if not imgs and not problems:
         raise FileNotFoundError(f"{images}: no images found ({', '.join(_FILE_EXT)} or DICOM series folders)")
-    pairs = [{"image": str(imgs[s].resolve()), "label": str(msks[s].resolve()), "case": s}
-             for s in sorted(set(imgs) & set(msks)) if imgs[s] is not None and msks[s] is not None]
+    pairs = [
+        {"image": str(imgs[s].resolve()), "label": str(msks[s].resolve()), "case": s}
+        for s in sorted(set(imgs) & set(msks))
+        if imgs[s] is not None and msks[s] is not None
+    ]
     return pairs, problems
 
 
@@ -130,24 +146,31 @@ def _check_pair(pair: dict, label_values: Sequence[int] | None, require_foregrou
     except (ValueError, FileNotFoundError, OSError) as err:
         return problems + [str(err)]
     if tuple(lab.shape[1:]) != tuple(image.shape[1:]):
-        return problems + [f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image "
-                           f"{Path(image_path).name} size {tuple(image.shape[1:])}"]
+        return problems + [
+            f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image "
+            f"{Path(image_path).name} size {tuple(image.shape[1:])}"
+        ]
     values = torch.unique(lab)
     if not torch.equal(values, values.round()):
-        problems.append(f"{label_path}: non-integer mask values (e.g. {values[values != values.round()][0]:.3g}); "
-                        "expected a label mask")
+        problems.append(
+            f"{label_path}: non-integer mask values (e.g. {values[values != values.round()][0]:.3g}); "
+            "expected a label mask"
+        )
         return problems
     present = sorted(int(v) for v in values.tolist() if v != 0)
     if label_values:
         unknown = [v for v in present if v not in label_values]
         if unknown:
-            problems.append(f"{label_path}: mask values {unknown[:8]} are not in the declared label set "
-                            f"{list(label_values)}")
+            problems.append(
+                f"{label_path}: mask values {unknown[:8]} are not in the declared label set {list(label_values)}"
+            )
         foreground = [v for v in present if v in label_values]
     else:
         if len(present) > 1:
-            problems.append(f"{label_path}: not a binary mask: values {present[:8]} besides 0; declare the label set "
-                            "(--label-values) or save 0/1 or 0/255 masks")
+            problems.append(
+                f"{label_path}: not a binary mask: values {present[:8]} besides 0; declare the label set "
+                "(--label-values) or save 0/1 or 0/255 masks"
+            )
         foreground = present
     if require_foreground and not foreground and not problems:
         problems.append(f"{label_path}: empty mask (no foreground); training needs foreground (or --allow-empty)")
@@ -228,8 +251,11 @@ def build_datalist(
         "name": Path(images_dir).resolve().name,
         "description": f"blosam prepare: seeded case-level split (test fraction {test_fraction}, seed {seed})",
         "labels": {"0": "background", "1": "foreground"},
-        "blosam": {"label_values": list(label_values) if label_values else "binary", "seed": seed,
-                   "test_fraction": test_fraction},
+        "blosam": {
+            "label_values": list(label_values) if label_values else "binary",
+            "seed": seed,
+            "test_fraction": test_fraction,
+        },
         "numTraining": len(training),
         "numTest": len(test),
         "training": training,
@@ -255,8 +281,12 @@ def write_datalist(datalist: dict[str, Any], out: str | Path, overwrite: bool = 
     def rel(v: Any) -> Any:
         return os.path.relpath(Path(v).resolve(), folder) if isinstance(v, str) else v
 
-    data = {k: [{kk: rel(vv) if kk in ("image", "label") else vv for kk, vv in it.items()} for it in v]
-            if _is_section(v) else v for k, v in datalist.items()}
+    data = {
+        k: [{kk: rel(vv) if kk in ("image", "label") else vv for kk, vv in it.items()} for it in v]
+        if _is_section(v)
+        else v
+        for k, v in datalist.items()
+    }
     return atomic_write(out, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=overwrite)
 
 
@@ -321,6 +351,12 @@ def prepare_datalist(
         OutputExistsError, FileNotFoundError, DatalistError (all problems).
     """
     check_writable(out, overwrite)
-    datalist = build_datalist(images_dir, masks_dir, test_fraction=test_fraction, seed=seed,
-                              label_values=label_values, require_foreground=require_foreground)
+    datalist = build_datalist(
+        images_dir,
+        masks_dir,
+        test_fraction=test_fraction,
+        seed=seed,
+        label_values=label_values,
+        require_foreground=require_foreground,
+    )
     return write_datalist(datalist, out, overwrite=overwrite), datalist

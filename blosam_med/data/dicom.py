@@ -48,8 +48,10 @@ def _expected_bytes(ds: pydicom.Dataset) -> int:
 def _check_pixels(path: Path, ds: pydicom.Dataset, decode: bool) -> None:
     if "PixelData" not in ds:
         sop = ds.get("SOPClassUID")
-        raise ValueError(f"{path}: DICOM without pixel data (Modality {ds.get('Modality', '?')}, "
-                         f"{getattr(sop, 'name', sop)}); not an image")
+        raise ValueError(
+            f"{path}: DICOM without pixel data (Modality {ds.get('Modality', '?')}, "
+            f"{getattr(sop, 'name', sop)}); not an image"
+        )
     if "Rows" not in ds or "Columns" not in ds or "BitsAllocated" not in ds:
         raise ValueError(f"{path}: DICOM pixel data without Rows/Columns/BitsAllocated; not a readable image")
     compressed = ds.file_meta.TransferSyntaxUID.is_compressed if "TransferSyntaxUID" in ds.file_meta else False
@@ -151,5 +153,7 @@ def _check_positions(folder: Path, entries: list[tuple[Path, pydicom.Dataset]]) 
     if np.any(big):
         i = int(np.argmax(gaps))
         missing = int(np.round(gaps[big] / step).sum() - big.sum())
-        raise ValueError(f"{folder}: series has missing slices (about {missing} absent; gap of {gaps[i]:.2f} mm after "
-                         f"{entries[order[i]][0].name} against a spacing of {step:.2f} mm)")
+        raise ValueError(
+            f"{folder}: series has missing slices (about {missing} absent; gap of {gaps[i]:.2f} mm after "
+            f"{entries[order[i]][0].name} against a spacing of {step:.2f} mm)"
+        )

@@ -67,8 +67,10 @@ def image_kind(path: str | Path) -> str:
         return "raster"
     if name.endswith(".dcm") or is_dicom_file(path):
         return "dicom"
-    raise ValueError(f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
-                     "file or a DICOM series folder")
+    raise ValueError(
+        f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
+        "file or a DICOM series folder"
+    )
 
 
 class _DropRecords(logging.Filter):
@@ -99,8 +101,9 @@ def _load(path: Path, reader: Any, ensure_channel_first: bool = True) -> MetaTen
         return Compose(steps)({_KEY: str(path)})[_KEY]
     except Exception as err:
         cause = err.__cause__ or err
-        raise ValueError(f"{path}: unreadable ({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]})") \
-            from err
+        raise ValueError(
+            f"{path}: unreadable ({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]})"
+        ) from err
 
 
 def _as_2d(img: MetaTensor, path: Path, spacing: tuple[float, float] | None, extra: dict) -> MetaTensor:
@@ -149,8 +152,12 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
     if kind == "dicom":
         info = check_dicom_file(path)
         img = _load(path, ITKReader())
-        extra = {"photometric": info["photometric"], "modality": info["modality"], "frames": info["frames"],
-                 "dicom_spacing": info["spacing"]}
+        extra = {
+            "photometric": info["photometric"],
+            "modality": info["modality"],
+            "frames": info["frames"],
+            "dicom_spacing": info["spacing"],
+        }
         if info["frames"] == 1:
             return _as_2d(img, path, info["spacing"], {**extra, "kind": "2d"})
     elif kind == "series":
@@ -163,8 +170,10 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
         if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 1 and spatial_dims != 3):  # 2D: (C, X, Y[, 1])
             return _as_2d(img, path, (float(img.pixdim[1]), float(img.pixdim[0])), {"kind": "2d"})
     if img.ndim != 4:
-        raise ValueError(f"{path}: expected a 2D image or a 3D volume, got array shape {tuple(img.shape)} "
-                         "(channel first); 4D (time series) volumes are not supported")
+        raise ValueError(
+            f"{path}: expected a 2D image or a 3D volume, got array shape {tuple(img.shape)} "
+            "(channel first); 4D (time series) volumes are not supported"
+        )
     img.meta.update(extra, kind="volume", filename_or_obj=str(path))
     if not (spatial_dims == 2 and kind == "dicom"):  # multi-frame in a 2D task: frames as stored
         img = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
@@ -198,8 +207,10 @@ def mask_values(label: torch.Tensor, path: str | Path) -> torch.Tensor:
         lab = lab[: c - 1]
     if lab.shape[0] > 1:
         if not all(torch.equal(lab[0], lab[i]) for i in range(1, lab.shape[0])):
-            raise ValueError(f"{path}: mask has {c} channels with different values (a colour image?); "
-                             "expected a single-channel mask (0 = background)")
+            raise ValueError(
+                f"{path}: mask has {c} channels with different values (a colour image?); "
+                "expected a single-channel mask (0 = background)"
+            )
         lab = lab[:1]
     return lab
 
@@ -238,8 +249,9 @@ def load_pair(
     kind = image.meta.get("kind", "2d")
     if kind == "volume" and task.spatial_dims == 2:
         if image.meta.get("frames", 1) <= 1:
-            raise ValueError(f"{image_path}: a volume {tuple(image.shape[1:])}, but task '{task.name}' is 2D "
-                             "(set spatial_dims: 3)")
+            raise ValueError(
+                f"{image_path}: a volume {tuple(image.shape[1:])}, but task '{task.name}' is 2D (set spatial_dims: 3)"
+            )
         kind = "frames"
     if kind == "2d" and task.spatial_dims == 3:
         raise ValueError(f"{image_path}: a 2D image, but task '{task.name}' expects volumes (spatial_dims: 3)")
@@ -248,15 +260,20 @@ def load_pair(
     except ValueError as err:
         raise ValueError(f"{image_path}: {err}") from err
     pixels = _to_channels(torch.as_tensor(windowed), task.channels, image_path).float()
-    out: dict[str, Any] = {"image": MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
-                           "image_path": str(image_path), "kind": kind}
+    out: dict[str, Any] = {
+        "image": MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
+        "image_path": str(image_path),
+        "kind": kind,
+    }
     if label_path is not None:
         label_path = Path(label_path)
         label = read_image(label_path, spatial_dims=task.spatial_dims)
         lab = mask_values(label, label_path)
         if tuple(lab.shape[1:]) != tuple(image.shape[1:]):
-            raise ValueError(f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image {image_path.name} "
-                             f"size {tuple(image.shape[1:])}")
+            raise ValueError(
+                f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image {image_path.name} "
+                f"size {tuple(image.shape[1:])}"
+            )
         if kind == "volume" and not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=1e-2):
             logger.warning("%s: affine differs from image %s; using the image's geometry", label_path, image_path)
         out["label"] = MetaTensor(binarise(lab, task.foreground_values), affine=image.affine, meta=_meta(label))
@@ -279,9 +296,15 @@ def _frames(pair: dict[str, Any], every_n: int, foreground_only: bool, case: str
         lab = None if label is None else label.as_tensor()[..., f].transpose(-1, -2).to(torch.uint8).contiguous()
         if foreground_only and lab is not None and not lab.any():
             continue
-        s = {"image": image.as_tensor()[..., f].transpose(-1, -2).float().contiguous(),
-             "spacing": tuple(spacing or (1.0, 1.0)), "spacing_known": spacing is not None, "case": case,
-             "slice": f, "image_path": pair["image_path"], "photometric": meta.get("photometric")}
+        s = {
+            "image": image.as_tensor()[..., f].transpose(-1, -2).float().contiguous(),
+            "spacing": tuple(spacing or (1.0, 1.0)),
+            "spacing_known": spacing is not None,
+            "case": case,
+            "slice": f,
+            "image_path": pair["image_path"],
+            "photometric": meta.get("photometric"),
+        }
         if lab is not None:
             s["label"] = lab
         out.append(s)
@@ -336,9 +359,14 @@ def load_samples(
             out.extend(_frames(pair, step, fg, case))
         else:
             meta = pair["image"].meta
-            sample = {"image": pair["image"].as_tensor().float().contiguous(), "case": case, "slice": None,
-                      "spacing": tuple(meta["spacing"]), "spacing_known": bool(meta["spacing_known"]),
-                      "image_path": str(image_path)}
+            sample = {
+                "image": pair["image"].as_tensor().float().contiguous(),
+                "case": case,
+                "slice": None,
+                "spacing": tuple(meta["spacing"]),
+                "spacing_known": bool(meta["spacing_known"]),
+                "image_path": str(image_path),
+            }
             if "label" in pair:
                 sample["label"] = pair["label"].as_tensor().to(torch.uint8).contiguous()
             out.append(sample)

@@ -84,8 +84,12 @@ def split_ab(
         raise ValueError(f"fraction_a must be in (0, 1), got {fraction_a}")
     units = [list(g) for g in _groups(shots, group_key).values()]
     if len(units) < 2:
-        logger.info("all %d shots share %s '%s'; splitting A/B per shot, so slices of one volume are in both A and B",
-                    len(shots), group_key, shots[0].get(group_key))
+        logger.info(
+            "all %d shots share %s '%s'; splitting A/B per shot, so slices of one volume are in both A and B",
+            len(shots),
+            group_key,
+            shots[0].get(group_key),
+        )
         units = [[i] for i in range(len(shots))]
     random.Random(f"blosam-ab-{seed}").shuffle(units)
     n_a = min(len(units) - 1, max(1, round(fraction_a * len(units))))
@@ -94,8 +98,11 @@ def split_ab(
 
 
 def _entry(s: dict) -> dict[str, Any]:
-    return {"case": s.get("case"), "slice": None if s.get("slice") is None else int(s["slice"]),
-            "image_path": str(s.get("image_path") or (s["image"] if isinstance(s.get("image"), str) else ""))}
+    return {
+        "case": s.get("case"),
+        "slice": None if s.get("slice") is None else int(s["slice"]),
+        "image_path": str(s.get("image_path") or (s["image"] if isinstance(s.get("image"), str) else "")),
+    }
 
 
 def describe_draw(a: Sequence[dict], b: Sequence[dict]) -> dict[str, list[dict[str, Any]]]:

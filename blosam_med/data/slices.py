@@ -111,9 +111,13 @@ def volume_to_slices(
         raise ValueError(f"{pair.get('image_path')}: foreground_only needs a label")
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=float)
     meta = getattr(image, "meta", {})
-    source = {"shape": tuple(int(s) for s in image.shape[1:]), "affine": affine, "axis": a,
-              "axis_name": [k for k, v in AXES.items() if v == a][0],
-              "original_affine": np.asarray(meta.get("original_affine", affine), dtype=float)}
+    source = {
+        "shape": tuple(int(s) for s in image.shape[1:]),
+        "affine": affine,
+        "axis": a,
+        "axis_name": [k for k, v in AXES.items() if v == a][0],
+        "original_affine": np.asarray(meta.get("original_affine", affine), dtype=float),
+    }
     spacing = slice_spacing(affine, a)
     img_t, lab_t = _plain(image), None if label is None else _plain(label)
     candidates = list(range(image.shape[a + 1]))
@@ -123,8 +127,15 @@ def volume_to_slices(
     case = case or case_id(pair.get("image_path", "volume"))
     out = []
     for i in candidates[::every_n]:
-        sample = {"image": slice_view(img_t, a, i).float().contiguous(), "spacing": spacing, "spacing_known": True,
-                  "case": case, "slice": int(i), "image_path": str(pair.get("image_path", "")), "source": source}
+        sample = {
+            "image": slice_view(img_t, a, i).float().contiguous(),
+            "spacing": spacing,
+            "spacing_known": True,
+            "case": case,
+            "slice": int(i),
+            "image_path": str(pair.get("image_path", "")),
+            "source": source,
+        }
         if lab_t is not None:
             sample["label"] = slice_view(lab_t, a, i).to(torch.uint8).contiguous()
         out.append(sample)

@@ -134,8 +134,10 @@ def task_preset_path(name_or_path: str | Path) -> Path:
         raise FileNotFoundError(f"{path}: task preset file not found")
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     if not preset.is_file():
-        raise FileNotFoundError(f"{name_or_path}: no such task preset; shipped presets: {', '.join(preset_names())}, "
-                                "or give a YAML file with a 'task:' section")
+        raise FileNotFoundError(
+            f"{name_or_path}: no such task preset; shipped presets: {', '.join(preset_names())}, "
+            "or give a YAML file with a 'task:' section"
+        )
     return preset
 
 

@@ -115,8 +115,10 @@ class WindowIntensity(Transform):
             out = (x - x.min()) / torch.clamp(x.max() - x.min(), min=1e-8) if x.numel() else x
         else:  # none
             if x.numel() and (x.min() < 0 or x.max() > 1):
-                raise ValueError(f"window 'none' expects data in [0, 1], found [{float(x.min())}, {float(x.max())}]; "
-                                 "choose a window (percentile, a CT preset, ...)")
+                raise ValueError(
+                    f"window 'none' expects data in [0, 1], found [{float(x.min())}, {float(x.max())}]; "
+                    "choose a window (percentile, a CT preset, ...)"
+                )
             out = x
         out = convert_to_tensor(out, dtype=torch.float32, track_meta=True)
         return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]

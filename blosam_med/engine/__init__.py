@@ -8,8 +8,20 @@ from blosam_med.engine.hypergradient import HYPERGRADIENTS, first_order_hypergra
 from blosam_med.engine.trainer import BiLevelTrainer, SingleLevelTrainer, TrainableState, bilevel_param_groups
 
 __all__ = [
-    "DrawMismatchError", "FewShotData", "RunRecorder", "attach_resume", "augmentation", "check_output_dir", "flatten_params",
-    "label_target", "latest_checkpoint",
-    "BiLevelTrainer", "HYPERGRADIENTS", "SingleLevelTrainer", "TrainableState", "bilevel_param_groups",
-    "first_order_hypergradient", "second_order_hypergradient",
+    "DrawMismatchError",
+    "FewShotData",
+    "RunRecorder",
+    "attach_resume",
+    "augmentation",
+    "check_output_dir",
+    "flatten_params",
+    "label_target",
+    "latest_checkpoint",
+    "BiLevelTrainer",
+    "HYPERGRADIENTS",
+    "SingleLevelTrainer",
+    "TrainableState",
+    "bilevel_param_groups",
+    "first_order_hypergradient",
+    "second_order_hypergradient",
 ]

@@ -28,8 +28,16 @@ from blosam_med.io import atomic_write
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
 
-__all__ = ["FewShotData", "EpochSampler", "AlternatingSampler", "draw_shot_samples", "label_target", "augmentation",
-           "DrawMismatchError", "ROLES"]
+__all__ = [
+    "FewShotData",
+    "EpochSampler",
+    "AlternatingSampler",
+    "draw_shot_samples",
+    "label_target",
+    "augmentation",
+    "DrawMismatchError",
+    "ROLES",
+]
 
 #: How the shots serve the two levels: ``fixed`` (A trains the adapter, B the prompt, as in the paper) or
 #: ``alternate`` (A and B swap roles every iteration, so every shot trains both levels, never in the same step).
@@ -54,13 +62,22 @@ def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
 
 def augmentation() -> Compose:
     """Views for few-shot training: flips, small rotations and scaling, mild intensity changes."""
-    return Compose([
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
-        RandAffined(keys=("image", "label"), prob=1.0, rotate_range=(math.pi / 18,), scale_range=(0.1, 0.1),
-                    translate_range=(0.05, 0.05), mode=("bilinear", "nearest"), padding_mode="zeros"),
-        RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.8, 1.25)),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-    ])
+    return Compose(
+        [
+            RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys=("image", "label"),
+                prob=1.0,
+                rotate_range=(math.pi / 18,),
+                scale_range=(0.1, 0.1),
+                translate_range=(0.05, 0.05),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.8, 1.25)),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        ]
+    )
 
 
 def _views(sample: dict, views: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -70,7 +87,9 @@ def _views(sample: dict, views: int, seed: int) -> list[tuple[torch.Tensor, torc
     for k in range(1, views + 1):
         aug.set_random_state(seed=int(np.random.SeedSequence([seed, k, hash_case(sample)]).generate_state(1)[0]))
         d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
-        out.append((torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8)))
+        out.append(
+            (torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8))
+        )
     return out
 
 
@@ -148,8 +167,10 @@ def draw_shot_samples(
         shot_samples = load_samples(chosen, task, base_dir=base_dir)
     empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
     if empty:
-        raise ValueError(f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
-                         "mask); label the structure or remove the image from the training split")
+        raise ValueError(
+            f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
+            "mask); label the structure or remove the image from the training split"
+        )
     return shot_samples
 
 
@@ -198,7 +219,9 @@ class FewShotData:
             self.draw["roles"] = self.roles
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
-        self.validation = Dataset([d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0])
+        self.validation = Dataset(
+            [d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0]
+        )
 
     def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
         pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views, self.seed))]
@@ -206,8 +229,13 @@ class FewShotData:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
         return [
-            {"image": e, "label": label_target(lab, self.target_size), "case": s["case"],
-             "slice": -1 if s.get("slice") is None else int(s["slice"]), "view": v}
+            {
+                "image": e,
+                "label": label_target(lab, self.target_size),
+                "case": s["case"],
+                "slice": -1 if s.get("slice") is None else int(s["slice"]),
+                "view": v,
+            }
             for e, (s, v, _, lab) in zip(emb, pairs)
         ]
 
@@ -242,8 +270,9 @@ class FewShotData:
         if resume and path.is_file():
             recorded = json.loads(path.read_text())
             if recorded != json.loads(json.dumps(self.draw)):
-                raise DrawMismatchError(f"{path}: the recorded draw differs from this run's; a resumed run must use "
-                                        "the same data, shots, seed and views")
+                raise DrawMismatchError(
+                    f"{path}: the recorded draw differs from this run's; a resumed run must use "
+                    "the same data, shots, seed and views"
+                )
             return path
         return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.draw, indent=1)), overwrite=True)
-

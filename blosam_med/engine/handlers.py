@@ -25,8 +25,10 @@ def check_output_dir(output_dir: str | Path, resume: bool = False, overwrite: bo
     """Refuse to start a run whose folder already holds a finished adapter, unless resuming or overwriting."""
     out = Path(output_dir)
     if (out / "adapter.pt").exists() and not (resume or overwrite):
-        raise OutputExistsError(f"{out / 'adapter.pt'}: a finished run is already there; choose another output "
-                                "folder, or pass resume=True / overwrite=True")
+        raise OutputExistsError(
+            f"{out / 'adapter.pt'}: a finished run is already there; choose another output "
+            "folder, or pass resume=True / overwrite=True"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -134,10 +136,15 @@ class RunRecorder:
             "draw": self.draw,
             "params": self.params,
         }
-        adapter = save_adapter(self.network, out / "adapter.pt", overwrite=True,
-                               extra={**self.extra, "draw": self.draw, "params": self.params})
-        atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1, default=str)),
-                     overwrite=True)
+        adapter = save_adapter(
+            self.network,
+            out / "adapter.pt",
+            overwrite=True,
+            extra={**self.extra, "draw": self.draw, "params": self.params},
+        )
+        atomic_write(
+            out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1, default=str)), overwrite=True
+        )
         logger.info("wrote %s and %s", adapter, out / "metrics.json")
         run = _mlflow_run(engine)
         if run is not None:

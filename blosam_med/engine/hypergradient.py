@@ -38,7 +38,11 @@ def _local(grads: list) -> list:
 
 
 def first_order_hypergradient(
-    model: BloSam, loss_fn: Loss, batch_b: tuple[torch.Tensor, torch.Tensor], *, reduce: Reduce = _local,
+    model: BloSam,
+    loss_fn: Loss,
+    batch_b: tuple[torch.Tensor, torch.Tensor],
+    *,
+    reduce: Reduce = _local,
     **_: object,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the B loss with respect to the prompt at the current lower weights.

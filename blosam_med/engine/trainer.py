@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -21,7 +21,10 @@ __all__ = ["BiLevelTrainer", "SingleLevelTrainer", "bilevel_param_groups", "Trai
 
 
 def bilevel_param_groups(
-    network: BloSam, lr: float = 1e-3, weight_decay: float = 0.1, upper_lr: float | None = None,
+    network: BloSam,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    upper_lr: float | None = None,
     upper_weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: group 0 lower level (LoRA + heads), group 1 upper level (prompt).
@@ -32,8 +35,12 @@ def bilevel_param_groups(
     """
     return [
         {"params": network.lower_parameters(), "lr": lr, "weight_decay": weight_decay, "name": "lower"},
-        {"params": network.upper_parameters(), "lr": lr if upper_lr is None else upper_lr,
-         "weight_decay": upper_weight_decay, "name": "upper"},
+        {
+            "params": network.upper_parameters(),
+            "lr": lr if upper_lr is None else upper_lr,
+            "weight_decay": upper_weight_decay,
+            "name": "upper",
+        },
     ]
 
 
@@ -122,14 +129,27 @@ class BiLevelTrainer(Trainer):
         if hypergradient not in HYPERGRADIENTS:
             raise ValueError(f"hypergradient must be one of {sorted(HYPERGRADIENTS)}, got '{hypergradient}'")
         if distributed and not dist_utils.is_distributed():
-            raise ValueError("distributed=True needs an initialised torch.distributed process group: run under "
-                             "torchrun with bundles/blosam/configs/multi_gpu_train.yaml merged after train.yaml")
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group: run under "
+                "torchrun with bundles/blosam/configs/multi_gpu_train.yaml merged after train.yaml"
+            )
         super().__init__(
-            device=device, max_epochs=max_epochs, data_loader=train_data_loader, epoch_length=epoch_length,
-            non_blocking=non_blocking, prepare_batch=prepare_batch, iteration_update=iteration_update,
-            postprocessing=postprocessing, key_metric=key_train_metric, additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn, handlers=train_handlers, amp=amp, decollate=decollate,
-            to_kwargs=to_kwargs, amp_kwargs=amp_kwargs,
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
         )
         self.network = network
         self.optimizer = optimizer
@@ -156,8 +176,10 @@ class BiLevelTrainer(Trainer):
         owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         trained = {id(p) for p in self.network.lower_parameters() + self.network.upper_parameters()}
         if owned != trained:
-            raise ValueError("the optimizer must hold exactly the network's lower and upper parameters "
-                             "(use blosam_med.engine.bilevel_param_groups)")
+            raise ValueError(
+                "the optimizer must hold exactly the network's lower and upper parameters "
+                "(use blosam_med.engine.bilevel_param_groups)"
+            )
 
     def _lower_lr(self) -> float:
         first = self.network.lower_parameters()[0]
@@ -231,8 +253,12 @@ class BiLevelTrainer(Trainer):
                 engine._next_upper_batch(), engine.state.device, engine.non_blocking, **engine.to_kwargs
             )[:2]
             grads, loss_b = HYPERGRADIENTS[engine.hypergradient](
-                engine.network, engine.loss_function, (x_b, y_b), batch_a=(x_a, y_a),
-                xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(), eps=engine.fd_epsilon,
+                engine.network,
+                engine.loss_function,
+                (x_b, y_b),
+                batch_a=(x_a, y_a),
+                xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(),
+                eps=engine.fd_epsilon,
                 reduce=engine._average,
             )
             engine.optimizer.zero_grad(set_to_none=True)
@@ -259,4 +285,3 @@ class SingleLevelTrainer(BiLevelTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.pop("upper_data_loader", None)
         super().__init__(*args, upper_data_loader=None, **kwargs)
-

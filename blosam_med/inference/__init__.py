@@ -23,7 +23,20 @@ from blosam_med.inference.writers import (
 )
 
 __all__ = [
-    "FORMATS", "CasePrediction", "Predictor", "collect_inputs", "evaluate_adapter", "group_volumes", "load_adapters",
-    "predict_case", "run_inference", "to_source_grid", "write_case", "write_dicom_seg", "write_montage", "write_nifti",
-    "write_overlay", "write_png_mask",
+    "FORMATS",
+    "CasePrediction",
+    "Predictor",
+    "collect_inputs",
+    "evaluate_adapter",
+    "group_volumes",
+    "load_adapters",
+    "predict_case",
+    "run_inference",
+    "to_source_grid",
+    "write_case",
+    "write_dicom_seg",
+    "write_montage",
+    "write_nifti",
+    "write_overlay",
+    "write_png_mask",
 ]

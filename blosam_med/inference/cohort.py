@@ -107,8 +107,10 @@ class CaseLedger:
         ours = {str(p) for p in previous.get("outputs", {}).values()}
         for path in outputs.values():
             if Path(path).exists() and not overwrite and str(path) not in ours:
-                raise OutputExistsError(f"{path}: already exists and no earlier run of this folder wrote it; pass "
-                                        "--overwrite (overwrite=True) to replace it")
+                raise OutputExistsError(
+                    f"{path}: already exists and no earlier run of this folder wrote it; pass "
+                    "--overwrite (overwrite=True) to replace it"
+                )
         self.mark(case, "running", outputs={k: str(v) for k, v in outputs.items()}, **fields)
 
 
@@ -125,8 +127,10 @@ def _with_cases(entries: Iterable[dict]) -> list[dict]:
     seen: dict[str, str] = {}
     for e in out:
         if e["case"] in seen:
-            raise ValueError(f"{seen[e['case']]} and {e['image']}: both are case '{e['case']}' and would write the "
-                             "same outputs; rename one or run them into different folders")
+            raise ValueError(
+                f"{seen[e['case']]} and {e['image']}: both are case '{e['case']}' and would write the "
+                "same outputs; rename one or run them into different folders"
+            )
         seen[e["case"]] = str(e["image"])
     return out
 
@@ -172,23 +176,43 @@ def run_cohort(
     records = sorted(gathered, key=lambda r: order[r["case"]])
     if rank == 0:
         counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
-        manifest = {**(description or {}), "out": str(out_dir), "world_size": world, "started": started,
-                    "finished": time.time(), "counts": counts, "cases": records}
+        manifest = {
+            **(description or {}),
+            "out": str(out_dir),
+            "world_size": world,
+            "started": started,
+            "finished": time.time(),
+            "counts": counts,
+            "cases": records,
+        }
         _write_json(Path(out_dir) / MANIFEST, manifest)
-        logger.info("%s: %d done, %d skipped (finished earlier), %d failed", Path(out_dir) / MANIFEST,
-                    counts["done"], counts["skipped"], counts["failed"])
+        logger.info(
+            "%s: %d done, %d skipped (finished earlier), %d failed",
+            Path(out_dir) / MANIFEST,
+            counts["done"],
+            counts["skipped"],
+            counts["failed"],
+        )
     return records
 
 
-def _run_one(entry: dict, run_case: Callable[[dict, Claim], dict[str, Any]], ledger: CaseLedger, rank: int,
-             overwrite: bool) -> dict[str, Any]:
+def _run_one(
+    entry: dict, run_case: Callable[[dict, Claim], dict[str, Any]], ledger: CaseLedger, rank: int, overwrite: bool
+) -> dict[str, Any]:
     case, image = entry["case"], str(entry["image"])
     base = {"case": case, "image": image, "rank": rank}
     finished = None if overwrite else ledger.finished(case)
     if finished is not None:
         logger.info("%s: finished earlier (%s); skipped", case, ledger.path(case))
-        return {**base, "status": "skipped", "outputs": finished.get("outputs", {}), "error": None, "seconds": 0.0,
-                "kind": finished.get("kind"), "slices": finished.get("slices")}
+        return {
+            **base,
+            "status": "skipped",
+            "outputs": finished.get("outputs", {}),
+            "error": None,
+            "seconds": 0.0,
+            "kind": finished.get("kind"),
+            "slices": finished.get("slices"),
+        }
     start = time.perf_counter()
     try:
         result = run_case(entry, lambda outputs: ledger.claim(case, outputs, overwrite, image=image, rank=rank))
@@ -198,11 +222,33 @@ def _run_one(entry: dict, run_case: Callable[[dict, Claim], dict[str, Any]], led
         ledger.mark(case, "failed", image=image, rank=rank, error=message, outputs=planned)
         logger.error("case %s (%s) failed: %s", case, image, message)
         logger.debug("case %s traceback", case, exc_info=True)
-        return {**base, "status": "failed", "outputs": {}, "error": message,
-                "seconds": round(time.perf_counter() - start, 3), "kind": None, "slices": None}
+        return {
+            **base,
+            "status": "failed",
+            "outputs": {},
+            "error": message,
+            "seconds": round(time.perf_counter() - start, 3),
+            "kind": None,
+            "slices": None,
+        }
     seconds = round(time.perf_counter() - start, 3)
     outputs = {k: str(v) for k, v in result.get("outputs", {}).items()}
-    ledger.mark(case, "done", image=image, rank=rank, outputs=outputs, kind=result.get("kind"),
-                slices=result.get("slices"), seconds=seconds)
-    return {**base, "status": "done", "outputs": outputs, "error": None, "seconds": seconds,
-            "kind": result.get("kind"), "slices": result.get("slices")}
+    ledger.mark(
+        case,
+        "done",
+        image=image,
+        rank=rank,
+        outputs=outputs,
+        kind=result.get("kind"),
+        slices=result.get("slices"),
+        seconds=seconds,
+    )
+    return {
+        **base,
+        "status": "done",
+        "outputs": outputs,
+        "error": None,
+        "seconds": seconds,
+        "kind": result.get("kind"),
+        "slices": result.get("slices"),
+    }

@@ -39,8 +39,14 @@ def group_volumes(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[s
             for i in idx:  # 2D images (or frames without geometry): one case each
                 s = samples[i]
                 name = case if len(idx) == 1 else f"{case}#{s.get('slice')}"
-                out.append({"case": name, "pred": masks[i][0].numpy(), "label": s["label"][0].numpy(),
-                            "spacing": tuple(float(v) for v in s["spacing"])})
+                out.append(
+                    {
+                        "case": name,
+                        "pred": masks[i][0].numpy(),
+                        "label": s["label"][0].numpy(),
+                        "spacing": tuple(float(v) for v in s["spacing"]),
+                    }
+                )
             continue
         source = first["source"]
         slices = [samples[i]["slice"] for i in idx]
@@ -49,8 +55,9 @@ def group_volumes(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[s
         spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(source["affine"], dtype=float)[:3, :3], axis=0))
         axis = int(source["axis"])
         if len(idx) != int(source["shape"][axis]):
-            logger.warning("%s: %d of %d slices evaluated; the others count as empty", case, len(idx),
-                           source["shape"][axis])
+            logger.warning(
+                "%s: %d of %d slices evaluated; the others count as empty", case, len(idx), source["shape"][axis]
+            )
         out.append({"case": case, "pred": pred, "label": label, "spacing": spacing})
     return out
 
@@ -99,10 +106,20 @@ def evaluate_adapter(
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True)
     masks = Predictor([model], cache, device=device, batch_size=batch_size).masks([s["image"] for s in samples])
     cases = group_volumes(samples, masks)
-    result = evaluate_cases([c["pred"] for c in cases], [c["label"] for c in cases], [c["spacing"] for c in cases],
-                            [c["case"] for c in cases], nsd_tolerance_mm=nsd_tolerance_mm)
-    result = {"adapter": str(adapter), "split": split, "task": task.name, "nsd_tolerance_mm": nsd_tolerance_mm,
-              **result}
+    result = evaluate_cases(
+        [c["pred"] for c in cases],
+        [c["label"] for c in cases],
+        [c["spacing"] for c in cases],
+        [c["case"] for c in cases],
+        nsd_tolerance_mm=nsd_tolerance_mm,
+    )
+    result = {
+        "adapter": str(adapter),
+        "split": split,
+        "task": task.name,
+        "nsd_tolerance_mm": nsd_tolerance_mm,
+        **result,
+    }
     if out is not None:
         atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)), overwrite=overwrite)
     return result

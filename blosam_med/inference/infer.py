@@ -35,8 +35,17 @@ from blosam_med.model.backbones import Backbone, build_backbone
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter, read_adapter
 
-__all__ = ["CasePrediction", "load_adapters", "collect_inputs", "predict_case", "write_case", "output_paths",
-           "run_inference", "FORMATS", "AMP_DTYPES"]
+__all__ = [
+    "CasePrediction",
+    "load_adapters",
+    "collect_inputs",
+    "predict_case",
+    "write_case",
+    "output_paths",
+    "run_inference",
+    "FORMATS",
+    "AMP_DTYPES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +138,9 @@ def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str,
             child = child / "dicom" if (child / "dicom").is_dir() else child
             if not _is_series(child):
                 continue
-        elif not child.name.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz",
-                                              ".dcm")) and not is_dicom_file(child):
+        elif not child.name.lower().endswith(
+            (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm")
+        ) and not is_dicom_file(child):
             continue
         entries.append({"image": str(child), "case": case})
     if not entries:
@@ -144,8 +154,9 @@ def _is_series(folder: Path) -> bool:
     return bool(files) and all(is_dicom_file(p) for p in files[:3])
 
 
-def predict_case(entry: dict, task: TaskConfig, predictor: Predictor, axis: str | None = None,
-                 progress: bool = True) -> CasePrediction:
+def predict_case(
+    entry: dict, task: TaskConfig, predictor: Predictor, axis: str | None = None, progress: bool = True
+) -> CasePrediction:
     """Predict every slice (or the image) of one input."""
     samples = load_samples([entry], task, foreground_only=False, every_n=1, axis=axis)
     if not samples:
@@ -156,13 +167,21 @@ def predict_case(entry: dict, task: TaskConfig, predictor: Predictor, axis: str 
     kind = "volume" if first.get("source") is not None else "2d"
     if kind == "2d" and len(samples) > 1:
         raise ValueError(f"{entry['image']}: {len(samples)} frames in a 2D task; use a volume task or split the frames")
-    return CasePrediction(case=entry.get("case") or first["case"], image_path=str(entry["image"]), kind=kind,
-                          images=images, logits=logits, slices=[s["slice"] for s in samples],
-                          source=first.get("source"), spacing=tuple(first["spacing"]))
+    return CasePrediction(
+        case=entry.get("case") or first["case"],
+        image_path=str(entry["image"]),
+        kind=kind,
+        images=images,
+        logits=logits,
+        slices=[s["slice"] for s in samples],
+        source=first.get("source"),
+        spacing=tuple(first["spacing"]),
+    )
 
 
-def output_paths(case: str, kind: str, out_dir: str | Path, formats: Sequence[str],
-                 probabilities: bool = False) -> dict[str, Path]:
+def output_paths(
+    case: str, kind: str, out_dir: str | Path, formats: Sequence[str], probabilities: bool = False
+) -> dict[str, Path]:
     """The files :func:`write_case` writes for a case of ``kind`` (``"2d"`` or ``"volume"``), by output name."""
     out_dir = Path(out_dir)
     names: dict[str, Path] = {}
@@ -179,8 +198,14 @@ def output_paths(case: str, kind: str, out_dir: str | Path, formats: Sequence[st
     return names
 
 
-def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str], labels: Sequence[str],
-               probabilities: bool = False, overwrite: bool = False) -> dict[str, str]:
+def write_case(
+    pred: CasePrediction,
+    out_dir: str | Path,
+    formats: Sequence[str],
+    labels: Sequence[str],
+    probabilities: bool = False,
+    overwrite: bool = False,
+) -> dict[str, str]:
     """Write one case's outputs; every file is checked before any is written (no silent overwrite)."""
     out_dir = Path(out_dir)
     unknown = sorted(set(formats) - set(FORMATS))
@@ -213,8 +238,12 @@ def write_case(pred: CasePrediction, out_dir: str | Path, formats: Sequence[str]
         if "overlay" in names:
             order = np.argsort(pred.slices)
             maps = [_label_map(pred.logits[i]) for i in order]
-            write_montage([pred.images[i].numpy() for i in order], [_split(m, len(labels)) for m in maps],
-                          names["overlay"], overwrite=overwrite)
+            write_montage(
+                [pred.images[i].numpy() for i in order],
+                [_split(m, len(labels)) for m in maps],
+                names["overlay"],
+                overwrite=overwrite,
+            )
         if "probabilities" in names:
             probs = pred.probabilities().transpose(1, 2, 3, 0)  # (X, Y, Z, n)
             prob_src, _ = to_source_grid(probs, src["affine"], src["original_affine"])
@@ -292,8 +321,22 @@ def run_inference(
         logger.info("%s", summary_line(pred, written))
         return {"kind": pred.kind, "slices": len(pred.slices), "outputs": written}
 
-    signature = run_signature(adapters, formats=formats, axis=axis, probabilities=probabilities, labels=names,
-                              amp=amp, checkpoint=str(checkpoint) if checkpoint else None)
-    description = {"input": str(input), "adapters": [str(a) for a in adapters], "formats": formats, "axis": axis,
-                   "labels": names, "device": str(device), "amp": amp}
+    signature = run_signature(
+        adapters,
+        formats=formats,
+        axis=axis,
+        probabilities=probabilities,
+        labels=names,
+        amp=amp,
+        checkpoint=str(checkpoint) if checkpoint else None,
+    )
+    description = {
+        "input": str(input),
+        "adapters": [str(a) for a in adapters],
+        "formats": formats,
+        "axis": axis,
+        "labels": names,
+        "device": str(device),
+        "amp": amp,
+    }
     return run_cohort(entries, run_case, out_dir, signature, overwrite=overwrite, description=description)

@@ -29,8 +29,14 @@ class Predictor:
         amp_dtype: run the decoders under ``torch.autocast`` with this dtype (GPU); logits come back as float32.
     """
 
-    def __init__(self, models: Sequence[BloSam], cache: EmbeddingCache | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 8, amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[BloSam],
+        cache: EmbeddingCache | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
         names = {(m.backbone_name, m.embedding_shape) for m in models}
@@ -40,25 +46,31 @@ class Predictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
-        self.cache = cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, batch_size,
-                                                                    progress=False)
+        self.cache = (
+            cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, batch_size, progress=False)
+        )
 
     @torch.inference_mode()
-    def logits(self, images: Sequence[torch.Tensor], progress: bool = False, desc: str = "predicting") -> list[torch.Tensor]:
+    def logits(
+        self, images: Sequence[torch.Tensor], progress: bool = False, desc: str = "predicting"
+    ) -> list[torch.Tensor]:
         """Per image a (n_models, H, W) float tensor of logits at the image's own size.
 
         The encoder runs once per image (batched), under ``torch.inference_mode``; every model decodes the batch.
         """
         out: list[torch.Tensor] = []
-        for start in tqdm(range(0, len(images), self.batch_size), desc=desc, unit="batch", disable=not progress,
-                          leave=False):
+        for start in tqdm(
+            range(0, len(images), self.batch_size), desc=desc, unit="batch", disable=not progress, leave=False
+        ):
             chunk = list(images[start : start + self.batch_size])
             emb = self.cache.embed(chunk).to(self.device)
             with autocast(self.device, self.amp_dtype):
                 per_model = [m.forward_embeddings(emb).float() for m in self.models]  # each (b, 1, h, w)
             for i, im in enumerate(chunk):
                 size = tuple(im.shape[-2:])
-                out.append(torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu())
+                out.append(
+                    torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu()
+                )
         return out
 
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:

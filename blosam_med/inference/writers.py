@@ -9,14 +9,20 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 
 from blosam_med.io import atomic_write
 
-__all__ = ["to_source_grid", "write_nifti", "write_png_mask", "write_overlay", "write_montage", "write_dicom_seg",
-           "COLOURS"]
+__all__ = [
+    "to_source_grid",
+    "write_nifti",
+    "write_png_mask",
+    "write_overlay",
+    "write_montage",
+    "write_dicom_seg",
+    "COLOURS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +30,9 @@ logger = logging.getLogger(__name__)
 COLOURS = ((255, 64, 64), (64, 160, 255), (64, 220, 64), (255, 200, 0), (200, 64, 255))
 
 
-def to_source_grid(array: np.ndarray, ras_affine: np.ndarray, original_affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_source_grid(
+    array: np.ndarray, ras_affine: np.ndarray, original_affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Undo the RAS reorientation: an (X, Y, Z[, ...]) array on the RAS grid -> the source file's voxel order.
 
     Returns:
@@ -36,7 +44,9 @@ def to_source_grid(array: np.ndarray, ras_affine: np.ndarray, original_affine: n
     out = nib.orientations.apply_orientation(array, transform)
     affine = np.asarray(ras_affine) @ nib.orientations.inv_ornt_aff(transform, array.shape[:3])
     if not np.allclose(affine, original_affine, atol=1e-3):
-        logger.warning("reoriented affine differs from the source affine by %.2g", np.abs(affine - original_affine).max())
+        logger.warning(
+            "reoriented affine differs from the source affine by %.2g", np.abs(affine - original_affine).max()
+        )
     return np.ascontiguousarray(out), np.asarray(original_affine, dtype=float)
 
 
@@ -77,8 +87,14 @@ def write_overlay(image: np.ndarray, masks: np.ndarray, path: str | Path, overwr
     return atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"), overwrite=overwrite)
 
 
-def write_montage(slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], path: str | Path, columns: int = 4,
-                  count: int = 16, overwrite: bool = False) -> Path:
+def write_montage(
+    slices: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    path: str | Path,
+    columns: int = 4,
+    count: int = 16,
+    overwrite: bool = False,
+) -> Path:
     """A grid of up to ``count`` evenly spaced slices with contours (slices with foreground preferred)."""
     n = len(slices)
     with_fg = [i for i in range(n) if np.asarray(masks[i]).any()]
@@ -98,8 +114,9 @@ def write_montage(slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], pat
     return atomic_write(path, lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG"), overwrite=overwrite)
 
 
-def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, labels: Sequence[str],
-                    overwrite: bool = False) -> Path:
+def write_dicom_seg(
+    masks: np.ndarray, source: str | Path, path: str | Path, labels: Sequence[str], overwrite: bool = False
+) -> Path:
     """A binary DICOM Segmentation (highdicom) referencing the source series or image, one segment per structure.
 
     Args:
@@ -132,20 +149,34 @@ def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, lab
         normal = np.cross(orient[:3], orient[3:])
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
         pixels = masks.transpose(3, 2, 1, 0)
-    algorithm = hd.AlgorithmIdentificationSequence(name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence,
-                                                   version="0.1.0")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence, version="0.1.0"
+    )
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=i + 1, segment_label=name[:64], segmented_property_category=codes.SCT.AnatomicalStructure,
+            segment_number=i + 1,
+            segment_label=name[:64],
+            segmented_property_category=codes.SCT.AnatomicalStructure,
             segmented_property_type=codes.SCT.AnatomicalStructure,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
         for i, name in enumerate(labels)
     ]
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="blosam_med", manufacturer_model_name="BLO-SAM",
-        software_versions="0.1.0", device_serial_number="0", series_description="BLO-SAM segmentation",
+        source_images=datasets,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="blosam_med",
+        manufacturer_model_name="BLO-SAM",
+        software_versions="0.1.0",
+        device_serial_number="0",
+        series_description="BLO-SAM segmentation",
         omit_empty_frames=False,
     )
     if "ImageOrientationPatient" not in datasets[0]:  # projection images (DX/CR): Patient Orientation, type 2C
@@ -153,5 +184,14 @@ def write_dicom_seg(masks: np.ndarray, source: str | Path, path: str | Path, lab
     return atomic_write(path, lambda tmp: seg.save_as(tmp), overwrite=overwrite)
 
 
-_PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
-                        "ReferringPhysicianName", "StudyDate", "StudyTime")
+_PATIENT_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDate",
+    "StudyTime",
+)

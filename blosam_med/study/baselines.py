@@ -69,8 +69,13 @@ class BoxPromptPredictor:
             box = torch.as_tensor(boxes * scale, device=self.device)
             emb = self.cache.embed([image]).to(self.device)
             sparse, dense = pe(points=None, boxes=box, masks=None)
-            logits, _ = md(image_embeddings=emb, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                           dense_prompt_embeddings=dense, multimask_output=False)
+            logits, _ = md(
+                image_embeddings=emb,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
             union = logits.amax(dim=0, keepdim=True)  # (1, 1, 256, 256)
             out.append((postprocess_logits(union, prep, (h, w))[0] > 0).to(torch.uint8).cpu())
         return out
@@ -91,15 +96,29 @@ class UNetBaseline:
         device: where it trains.
     """
 
-    def __init__(self, prep: Preprocessing, channels: Sequence[int] = (16, 32, 64, 128, 256), iterations: int = 300,
-                 batch_size: int = 2, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        prep: Preprocessing,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        iterations: int = 300,
+        batch_size: int = 2,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.prep = Preprocessing(prep.input_size, "minmax")
         self.iterations, self.batch_size, self.lr, self.weight_decay = iterations, batch_size, lr, weight_decay
         self.seed, self.device = seed, torch.device(device)
         torch.manual_seed(seed)
-        self.net = UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=tuple(channels),
-                        strides=(2,) * (len(channels) - 1), num_res_units=2).to(self.device)
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=3,
+            out_channels=1,
+            channels=tuple(channels),
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=2,
+        ).to(self.device)
 
     def fit(self, samples: Sequence[dict[str, Any]]) -> list[float]:
         """Train on 2D samples (``image`` (C, H, W) in [0, 1], ``label`` (1, H, W)); returns the loss per iteration."""
@@ -141,4 +160,3 @@ class UNetBaseline:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.net.state_dict()
-

@@ -134,8 +134,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
-    tasks = {t: dict(v or {}) for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict)
-                                            else ((t, {}) for t in cfg["tasks"]))}
+    tasks = {
+        t: dict(v or {})
+        for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict) else ((t, {}) for t in cfg["tasks"]))
+    }
     for t, v in tasks.items():
         v.setdefault("data", t)
         v.setdefault("preset", t)
@@ -143,9 +145,17 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if min(shots) < 2:
         raise ValueError(f"{path}: study.shots must be >= 2 (BLO-SAM splits the shots into two subsets), got {shots}")
     return StudyConfig(
-        name=str(cfg["name"]), output_dir=Path(cfg.get("output_dir", f"runs/study_{cfg['name']}")),
-        data_root=Path(cfg.get("data_root", "../shared/data")), tasks=tasks, shots=shots,
-        seeds=[int(s) for s in cfg["seeds"]], methods=methods, train=dict(cfg.get("train") or {}),
-        test_fraction=float(cfg.get("test_fraction", 0.2)), split_seed=int(cfg.get("split_seed", 0)),
-        overlays=int(cfg.get("overlays", 3)), dev_size=int(cfg.get("dev_size", 16)), source=str(path),
+        name=str(cfg["name"]),
+        output_dir=Path(cfg.get("output_dir", f"runs/study_{cfg['name']}")),
+        data_root=Path(cfg.get("data_root", "../shared/data")),
+        tasks=tasks,
+        shots=shots,
+        seeds=[int(s) for s in cfg["seeds"]],
+        methods=methods,
+        train=dict(cfg.get("train") or {}),
+        test_fraction=float(cfg.get("test_fraction", 0.2)),
+        split_seed=int(cfg.get("split_seed", 0)),
+        overlays=int(cfg.get("overlays", 3)),
+        dev_size=int(cfg.get("dev_size", 16)),
+        source=str(path),
     )

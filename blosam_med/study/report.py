@@ -30,11 +30,22 @@ def collect_results(config: StudyConfig) -> list[dict[str, Any]]:
         if not path.is_file():
             continue
         r = json.loads(path.read_text())
-        rows.append({"cell": cell.id, "task": cell.task, "method": cell.method.name, "label": cell.method.label,
-                     "trains": cell.method.trains, "shots": cell.shots, "seed": cell.seed,
-                     **{m: r["mean"][m]["mean"] for m in METRICS}, "n_cases": r["mean"]["dice"]["n"],
-                     "dev_dice": r["dev"]["mean"]["dice"]["mean"] if "dev" in r else None,
-                     "wall_seconds": r["wall_seconds"], "cpu_seconds": r["cpu_seconds"]})
+        rows.append(
+            {
+                "cell": cell.id,
+                "task": cell.task,
+                "method": cell.method.name,
+                "label": cell.method.label,
+                "trains": cell.method.trains,
+                "shots": cell.shots,
+                "seed": cell.seed,
+                **{m: r["mean"][m]["mean"] for m in METRICS},
+                "n_cases": r["mean"]["dice"]["n"],
+                "dev_dice": r["dev"]["mean"]["dice"]["mean"] if "dev" in r else None,
+                "wall_seconds": r["wall_seconds"],
+                "cpu_seconds": r["cpu_seconds"],
+            }
+        )
     return rows
 
 
@@ -43,7 +54,7 @@ def aggregate(config: StudyConfig, rows: list[dict[str, Any]]) -> list[dict[str,
     per task, repeated under every shot count."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        for shots in ([r["shots"]] if r["trains"] else config.shots):
+        for shots in [r["shots"]] if r["trains"] else config.shots:
             groups[(r["task"], r["method"], shots)].append(r)
     out = []
     for task in config.tasks:
@@ -52,7 +63,13 @@ def aggregate(config: StudyConfig, rows: list[dict[str, Any]]) -> list[dict[str,
                 g = groups.get((task, m.name, shots))
                 if not g:
                     continue
-                agg = {"task": task, "method": m.name, "label": m.label, "shots": shots, "n_seeds": len(g) if m.trains else 0}
+                agg = {
+                    "task": task,
+                    "method": m.name,
+                    "label": m.label,
+                    "shots": shots,
+                    "n_seeds": len(g) if m.trains else 0,
+                }
                 for k in (*METRICS, "dev_dice"):
                     if any(r[k] is None for r in g):
                         agg[f"{k}_mean"] = agg[f"{k}_std"] = None
@@ -64,8 +81,9 @@ def aggregate(config: StudyConfig, rows: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def paired_differences(rows: list[dict[str, Any]], method: str, baseline: str, metric: str = "dice"
-                       ) -> list[dict[str, Any]]:
+def paired_differences(
+    rows: list[dict[str, Any]], method: str, baseline: str, metric: str = "dice"
+) -> list[dict[str, Any]]:
     """``metric`` (Dice on the test split, or ``dev_dice``) of ``method`` minus ``baseline`` on the same draws
     (task, shots, seed): per (task, shots) the mean and range of the per-seed differences, and the seeds won."""
     by = {(r["task"], r["shots"], r["seed"], r["method"]): r for r in rows if r["trains"]}
@@ -74,10 +92,21 @@ def paired_differences(rows: list[dict[str, Any]], method: str, baseline: str, m
         other = by.get((task, shots, seed, baseline))
         if m == method and other is not None and r[metric] is not None and other[metric] is not None:
             diffs[(task, shots)].append(r[metric] - other[metric])
-    return [{"task": t, "shots": k, "method": method, "baseline": baseline, "metric": metric, "n": len(d),
-             "mean": float(np.mean(d)),
-             "min": float(np.min(d)), "max": float(np.max(d)), "wins": int(sum(x > 0 for x in d))}
-            for (t, k), d in sorted(diffs.items())]
+    return [
+        {
+            "task": t,
+            "shots": k,
+            "method": method,
+            "baseline": baseline,
+            "metric": metric,
+            "n": len(d),
+            "mean": float(np.mean(d)),
+            "min": float(np.min(d)),
+            "max": float(np.max(d)),
+            "wins": int(sum(x > 0 for x in d)),
+        }
+        for (t, k), d in sorted(diffs.items())
+    ]
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
@@ -88,15 +117,24 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: dict[str, Any]) -> str:
     index = {(a["task"], a["method"], a["shots"]): a for a in agg}
-    lines = [f"Study `{config.name}` ({config.source}): mean ± std over seeds {config.seeds} of the per-cell mean "
-             f"over test cases; methods without training have one value. Cells: {totals['cells']}, CPU time "
-             f"{totals['cpu_seconds'] / 60:.1f} min, wall time {totals['wall_seconds'] / 60:.1f} min.", ""]
-    tables = (("dice", "Dice (test split)", 3), ("hd95", "HD95 (test split; mm where the images carry a spacing, else pixels)", 1),
-              ("dev_dice", "Dice on the development samples (training pool outside each draw; used to compare "
-               "variants)", 3))
+    lines = [
+        f"Study `{config.name}` ({config.source}): mean ± std over seeds {config.seeds} of the per-cell mean "
+        f"over test cases; methods without training have one value. Cells: {totals['cells']}, CPU time "
+        f"{totals['cpu_seconds'] / 60:.1f} min, wall time {totals['wall_seconds'] / 60:.1f} min.",
+        "",
+    ]
+    tables = (
+        ("dice", "Dice (test split)", 3),
+        ("hd95", "HD95 (test split; mm where the images carry a spacing, else pixels)", 1),
+        ("dev_dice", "Dice on the development samples (training pool outside each draw; used to compare variants)", 3),
+    )
     for metric, title, digits in tables:
-        lines += [f"**{title}**", "", "| task | method | " + " | ".join(f"{k} shots" for k in config.shots) + " |",
-                  "| --- | --- | " + " | ".join("---" for _ in config.shots) + " |"]
+        lines += [
+            f"**{title}**",
+            "",
+            "| task | method | " + " | ".join(f"{k} shots" for k in config.shots) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in config.shots) + " |",
+        ]
         for task in config.tasks:
             for m in config.methods:
                 cells = [index.get((task, m.name, k)) for k in config.shots]
@@ -106,16 +144,21 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
                 lines.append(f"| {task} | {m.label} | " + " | ".join(vals) + " |")
         lines.append("")
     if pairs:
-        lines += ["**Paired Dice difference against the baseline on the same draws** (mean [min, max] over seeds; "
-                  "wins = seeds where the method is higher)", "",
-                  "| task | shots | method − baseline | Δ Dice test | wins | Δ Dice dev | wins |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "**Paired Dice difference against the baseline on the same draws** (mean [min, max] over seeds; "
+            "wins = seeds where the method is higher)",
+            "",
+            "| task | shots | method − baseline | Δ Dice test | wins | Δ Dice dev | wins |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         dev = {(p["task"], p["shots"], p["method"]): p for p in pairs if p["metric"] == "dev_dice"}
         for p in (p for p in pairs if p["metric"] == "dice"):
             d = dev.get((p["task"], p["shots"], p["method"]))
             d_txt = f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}] | {d['wins']}/{d['n']}" if d else "— | —"
-            lines.append(f"| {p['task']} | {p['shots']} | {p['method']} − {p['baseline']} | {p['mean']:+.3f} "
-                         f"[{p['min']:+.3f}, {p['max']:+.3f}] | {p['wins']}/{p['n']} | {d_txt} |")
+            lines.append(
+                f"| {p['task']} | {p['shots']} | {p['method']} − {p['baseline']} | {p['mean']:+.3f} "
+                f"[{p['min']:+.3f}, {p['max']:+.3f}] | {p['wins']}/{p['n']} | {d_txt} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -180,8 +223,9 @@ def _plot_overlays(config: StudyConfig, ctx: Any, task: str, path: Path) -> bool
     if not idx or not columns:
         return False
     samples = ctx.test_samples[task]
-    fig, axes = plt.subplots(len(idx), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * len(idx)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(idx), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * len(idx)), squeeze=False
+    )
     for r, i in enumerate(idx):
         image = samples[i]["image"].permute(1, 2, 0).numpy()
         image = image[..., 0] if image.shape[-1] == 1 else image
@@ -209,11 +253,20 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
     rows = collect_results(config)
     agg = aggregate(config, rows)
     names = {m.name for m in config.methods}
-    pairs = [p for m in config.methods if m.kind == "bundle"
-             for base in [m.options.get("baseline", "single")] if base in names and base != m.name
-             for metric in ("dice", "dev_dice") for p in paired_differences(rows, m.name, base, metric)]
-    totals = {"cells": len(rows), "cpu_seconds": float(sum(r["cpu_seconds"] for r in rows)),
-              "wall_seconds": float(sum(r["wall_seconds"] for r in rows))}
+    pairs = [
+        p
+        for m in config.methods
+        if m.kind == "bundle"
+        for base in [m.options.get("baseline", "single")]
+        if base in names and base != m.name
+        for metric in ("dice", "dev_dice")
+        for p in paired_differences(rows, m.name, base, metric)
+    ]
+    totals = {
+        "cells": len(rows),
+        "cpu_seconds": float(sum(r["cpu_seconds"] for r in rows)),
+        "wall_seconds": float(sum(r["wall_seconds"] for r in rows)),
+    }
     files = []
 
     def put_csv(name: str, records: list[dict]) -> None:
@@ -236,6 +289,7 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
             if task in ctx.test_samples and _plot_overlays(config, ctx, task, folder / f"overlays_{task}.png"):
                 files.append(folder / f"overlays_{task}.png")
     summary = {**totals, "aggregate": agg, "paired": pairs}
-    files.append(atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)),
-                              overwrite=True))
+    files.append(
+        atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=True)
+    )
     return {**totals, "files": [str(f) for f in files], "table": md}

@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 RESULT_FILE = "result.json"
 
 
-def slab_split(datalist: dict[str, list[dict]], task: TaskConfig, test: tuple[float, float], gap: int = 2
-               ) -> dict[str, list[dict]]:
+def slab_split(
+    datalist: dict[str, list[dict]], task: TaskConfig, test: tuple[float, float], gap: int = 2
+) -> dict[str, list[dict]]:
     """Split single volumes along the slicing axis: slices in ``test`` (fractions of the volume) are the test
     slab, slices more than ``gap`` away from it are training; the ``gap`` slices on each side are unused.
 
@@ -43,8 +44,9 @@ def slab_split(datalist: dict[str, list[dict]], task: TaskConfig, test: tuple[fl
     """
     training, testing = [], []
     for item in datalist.get("training", []) + datalist.get("test", []):
-        n = len(load_samples([{k: v for k, v in item.items() if k != "slices"}], task, foreground_only=False,
-                             every_n=1))
+        n = len(
+            load_samples([{k: v for k, v in item.items() if k != "slices"}], task, foreground_only=False, every_n=1)
+        )
         lo, hi = int(round(test[0] * n)), int(round(test[1] * n))
         if not 0 < lo < hi < n:
             raise ValueError(f"{item['image']}: slab {test} of {n} slices leaves no training slices")
@@ -69,8 +71,10 @@ def study_datalist(config: StudyConfig, task: str, preset: TaskConfig) -> dict[s
         s = spec["split"]
         datalist = slab_split(datalist, preset, tuple(s["test_slab"]), int(s.get("gap", 2)))
     if not datalist.get("test"):
-        raise ValueError(f"{data}: task '{task}' has no test cases; give it a datalist.json with a 'test' split or a "
-                         "slab split (study.tasks.{task}.split.test_slab)")
+        raise ValueError(
+            f"{data}: task '{task}' has no test cases; give it a datalist.json with a 'test' split or a "
+            "slab split (study.tasks.{task}.split.test_slab)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_datalist({"name": task, **datalist}, path)
     return open_datalist(None, path)
@@ -92,16 +96,19 @@ class StudyContext:
 
     def setup(self, task: str) -> None:
         if self.backbone is None:
-            self.backbone = build_backbone(self.config.train.get("backbone", "litemedsam"),
-                                           self.config.train.get("backbone_checkpoint"))
+            self.backbone = build_backbone(
+                self.config.train.get("backbone", "litemedsam"), self.config.train.get("backbone_checkpoint")
+            )
             self.cache = EmbeddingCache(self.backbone, self.cache_dir, self.device, progress=True)
         if task not in self.presets:
             self.presets[task] = load_task(self.config.tasks[task]["preset"])
             self.datalists[task] = study_datalist(self.config, task, self.presets[task])
-            self.test_samples[task] = load_samples(self.datalists[task]["test"], self.presets[task],
-                                                   foreground_only=False, every_n=1)
-            self.dev_samples[task] = dev_samples(self.datalists[task]["training"], self.presets[task],
-                                                 self.config.dev_size)
+            self.test_samples[task] = load_samples(
+                self.datalists[task]["test"], self.presets[task], foreground_only=False, every_n=1
+            )
+            self.dev_samples[task] = dev_samples(
+                self.datalists[task]["training"], self.presets[task], self.config.dev_size
+            )
 
     def preview_indices(self, task: str) -> list[int]:
         """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
@@ -129,13 +136,23 @@ def _key(sample: dict) -> tuple[str, Any]:
 def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = False) -> dict[str, Any]:
     """Metrics per case: per image, or per volume (slices put back), or with ``per_sample`` per 2D sample."""
     if per_sample:
-        cases = [{"case": f"{Path(s['image_path']).name}#{s.get('slice')}", "pred": m[0].numpy(),
-                  "label": s["label"][0].numpy(), "spacing": tuple(float(v) for v in s["spacing"])}
-                 for s, m in zip(samples, masks)]
+        cases = [
+            {
+                "case": f"{Path(s['image_path']).name}#{s.get('slice')}",
+                "pred": m[0].numpy(),
+                "label": s["label"][0].numpy(),
+                "spacing": tuple(float(v) for v in s["spacing"]),
+            }
+            for s, m in zip(samples, masks)
+        ]
     else:
         cases = group_volumes(samples, masks)
-    return evaluate_cases([c["pred"] for c in cases], [c["label"] for c in cases], [c["spacing"] for c in cases],
-                          [c["case"] for c in cases])
+    return evaluate_cases(
+        [c["pred"] for c in cases],
+        [c["label"] for c in cases],
+        [c["spacing"] for c in cases],
+        [c["case"] for c in cases],
+    )
 
 
 def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
@@ -147,14 +164,23 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
 
     config = ctx.config
     override = {
-        "dataset_dir": None, "datalist_file": str(config.output_dir / "datalists" / f"{cell.task}.json"),
-        "output_dir": str(folder), "shots": cell.shots, "seed": cell.seed, "cache_dir": str(ctx.cache_dir),
-        "device": f"$torch.device('{ctx.device}')", "overwrite": True,
-        **config.train, **cell.method.options.get("set", {}),
+        "dataset_dir": None,
+        "datalist_file": str(config.output_dir / "datalists" / f"{cell.task}.json"),
+        "output_dir": str(folder),
+        "shots": cell.shots,
+        "seed": cell.seed,
+        "cache_dir": str(ctx.cache_dir),
+        "device": f"$torch.device('{ctx.device}')",
+        "overwrite": True,
+        **config.train,
+        **cell.method.options.get("set", {}),
     }
     workflow = ConfigWorkflow(
         config_file=[str(bundle_config("train.yaml")), str(task_preset_path(config.tasks[cell.task]["preset"]))],
-        meta_file=str(bundle_config("metadata.json")), logging_file=False, run_id="training", workflow_type="train",
+        meta_file=str(bundle_config("metadata.json")),
+        logging_file=False,
+        run_id="training",
+        workflow_type="train",
         **override,
     )
     workflow.initialize()
@@ -175,20 +201,23 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
     extra: dict[str, Any] = {}
     if kind == "zero_shot":
         predictor = Predictor([BloSam(ctx.backbone)], ctx.cache, ctx.device, 1)
-        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]  # noqa: E731
+        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     elif kind == "box_prompt":
         boxes = BoxPromptPredictor(ctx.backbone, ctx.cache, ctx.device)
-        predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])  # noqa: E731
+        predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])
     elif kind == "unet":
         unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed, device=ctx.device, **opts)
         losses = unet.fit(shots)
-        extra["train"] = {"final_loss": losses[-1], "iterations": len(losses),
-                          "shots": [f"{s['image_path']}#{s['slice']}" for s in shots]}
-        predict = lambda xs: unet.masks([s["image"] for s in xs])  # noqa: E731
+        extra["train"] = {
+            "final_loss": losses[-1],
+            "iterations": len(losses),
+            "shots": [f"{s['image_path']}#{s['slice']}" for s in shots],
+        }
+        predict = lambda xs: unet.masks([s["image"] for s in xs])
     else:
         network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
         predictor = Predictor([network], ctx.cache, ctx.device, 1)
-        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]  # noqa: E731
+        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     masks = predict(samples)
     result = {**_score(samples, masks), **extra}
     if dev:
@@ -201,8 +230,13 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)), overwrite=True)
 
 
-def run_study(config: StudyConfig, device: str | torch.device = "cpu", cache_dir: str | Path | None = None,
-              tracking: bool = True, report: bool = True) -> dict[str, Any]:
+def run_study(
+    config: StudyConfig,
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
+    tracking: bool = True,
+    report: bool = True,
+) -> dict[str, Any]:
     """Run every cell that is not done yet, then write the report.
 
     A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
@@ -239,9 +273,17 @@ def run_study(config: StudyConfig, device: str | torch.device = "cpu", cache_dir
             continue
         preview = ctx.preview_indices(cell.task)
         np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})
-        result.update(cell=cell.id, task=cell.task, method=cell.method.name, label=cell.method.label,
-                      kind=cell.method.kind, shots=cell.shots, seed=cell.seed,
-                      wall_seconds=round(time.perf_counter() - wall, 2), cpu_seconds=round(time.process_time() - cpu, 2))
+        result.update(
+            cell=cell.id,
+            task=cell.task,
+            method=cell.method.name,
+            label=cell.method.label,
+            kind=cell.method.kind,
+            shots=cell.shots,
+            seed=cell.seed,
+            wall_seconds=round(time.perf_counter() - wall, 2),
+            cpu_seconds=round(time.process_time() - cpu, 2),
+        )
         _write_json(folder / RESULT_FILE, result)
         summary["done"].append(cell.id)
         if tracker:

@@ -41,25 +41,43 @@ class StudyTracker:
             self.parent_id = run.info.run_id
             atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"run_id": self.parent_id, "uri": self.uri})))
             self.client.log_param(self.parent_id, "config", config.source)
-            for k, v in flatten_params({"shots": config.shots, "seeds": config.seeds, "tasks": list(config.tasks),
-                                        "methods": [m.name for m in config.methods], "train": config.train}).items():
+            for k, v in flatten_params(
+                {
+                    "shots": config.shots,
+                    "seeds": config.seeds,
+                    "tasks": list(config.tasks),
+                    "methods": [m.name for m in config.methods],
+                    "train": config.train,
+                }
+            ).items():
                 self.client.log_param(self.parent_id, k, v[:6000])
 
     def _child(self, cell: Cell) -> str:
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.`blosam.cell` = '{cell.id}' and "
-                                                     f"tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`blosam.cell` = '{cell.id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'",
+        )
         for run in runs:  # an earlier attempt (failed, or killed before its result was written)
             self.client.delete_run(run.info.run_id)
-        tags = {"mlflow.parentRunId": self.parent_id, "blosam.cell": cell.id, "blosam.method": cell.method.name,
-                "blosam.task": cell.task}
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            "blosam.cell": cell.id,
+            "blosam.method": cell.method.name,
+            "blosam.task": cell.task,
+        }
         return self.client.create_run(self.experiment_id, run_name=cell.id, tags=tags).info.run_id
 
     def log_cell(self, cell: Cell, result: dict[str, Any], folder: Path) -> None:
         """A finished cell: its params, test metrics (mean over cases), time, and its result files."""
         run_id = self._child(cell)
-        params = {"task": cell.task, "method": cell.method.name, "kind": cell.method.kind, "shots": cell.shots,
-                  "seed": cell.seed, "options": cell.method.options}
+        params = {
+            "task": cell.task,
+            "method": cell.method.name,
+            "kind": cell.method.kind,
+            "shots": cell.shots,
+            "seed": cell.seed,
+            "options": cell.method.options,
+        }
         for k, v in flatten_params(params).items():
             self.client.log_param(run_id, k, v[:6000])
         for key, name in _METRICS.items():

@@ -157,8 +157,16 @@ def _bad(root: Path, kind: str) -> tuple[str, str]:
     raise AssertionError(kind)
 
 
-BAD = ["truncated_dicom", "size_mismatch", "three_channel_mask", "empty_mask", "nan_voxels", "unreadable",
-       "duplicate_stem", "missing_mask"]
+BAD = [
+    "truncated_dicom",
+    "size_mismatch",
+    "three_channel_mask",
+    "empty_mask",
+    "nan_voxels",
+    "unreadable",
+    "duplicate_stem",
+    "missing_mask",
+]
 
 
 @pytest.mark.parametrize("kind", BAD)

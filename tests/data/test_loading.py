@@ -173,8 +173,11 @@ def test_shipped_presets_load_synthetic_data(tmp_path):
     png_pairs(tmp_path / "g", n=1)
     png_pairs(tmp_path / "c", n=1, rgb=True)
     for name, root, c in (("lung_xray", "g", 1), ("teeth", "g", 1), ("polyp", "c", 3)):
-        (s,) = load_samples([{"image": f"{root}/images/case0.png", "label": f"{root}/masks/case0.png"}],
-                            load_task(name), base_dir=tmp_path)
+        (s,) = load_samples(
+            [{"image": f"{root}/images/case0.png", "label": f"{root}/masks/case0.png"}],
+            load_task(name),
+            base_dir=tmp_path,
+        )
         assert s["image"].shape == (c, 24, 32) and 0 <= float(s["image"].min()) <= float(s["image"].max()) <= 1
         assert set(s["label"].unique().tolist()) == {0, 1}
 
@@ -200,8 +203,9 @@ def test_dicom_mr_and_seg_files_load():
 
 def test_dicom_sample_in_a_2d_task(tmp_path):
     write_png(tmp_path / "m.png", disc(64, 64, r=10))
-    (s,) = load_samples([{"image": get_testdata_file("MR_small.dcm"), "label": str(tmp_path / "m.png")}],
-                        load_task("lung_xray"))
+    (s,) = load_samples(
+        [{"image": get_testdata_file("MR_small.dcm"), "label": str(tmp_path / "m.png")}], load_task("lung_xray")
+    )
     assert s["image"].shape == (1, 64, 64) and s["spacing"] == pytest.approx((0.3125, 0.3125)) and s["spacing_known"]
     assert s["case"] == "MR_small" and int(s["label"].sum()) > 0
 
@@ -228,8 +232,10 @@ def test_monochrome1_loads_equal_to_the_monochrome2_original(tmp_path):
     assert m1.meta["photometric"] == "MONOCHROME1"
     np.testing.assert_array_equal(np.asarray(m1), np.asarray(m2))
     task = load_task("lung_xray")
-    assert torch.equal(load_pair(_mr_12bit(tmp_path, True), task=task)["image"],
-                       load_pair(_mr_12bit(tmp_path, False), task=task)["image"])
+    assert torch.equal(
+        load_pair(_mr_12bit(tmp_path, True), task=task)["image"],
+        load_pair(_mr_12bit(tmp_path, False), task=task)["image"],
+    )
 
 
 def test_rescale_slope_intercept_applied(tmp_path):

@@ -46,10 +46,18 @@ def test_prepare_on_shared_data(shared_data_dir, tmp_path, capsys, name):
 def test_lung_ct_nifti_and_dicom_series_agree(shared_data_dir):
     task = load_task("lung_ct")
     case = "cip_copdgene_10002K_ct64"
-    nifti = load_samples([{"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz"}], task,
-                         base_dir=shared_data_dir / "lung_ct", foreground_only=False)
-    dicom = load_samples([{"image": f"{case}/dicom", "label": f"{case}/label.nii.gz"}], task,
-                         base_dir=shared_data_dir / "ct_dicom", foreground_only=False)
+    nifti = load_samples(
+        [{"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz"}],
+        task,
+        base_dir=shared_data_dir / "lung_ct",
+        foreground_only=False,
+    )
+    dicom = load_samples(
+        [{"image": f"{case}/dicom", "label": f"{case}/label.nii.gz"}],
+        task,
+        base_dir=shared_data_dir / "ct_dicom",
+        foreground_only=False,
+    )
     assert len(nifti) == len(dicom) == 79 and dicom[0]["case"] == "cip_copdgene_10002K_ct64"
     np.testing.assert_allclose(nifti[40]["image"].numpy(), dicom[40]["image"].numpy(), atol=1e-5)
     np.testing.assert_allclose(nifti[40]["source"]["affine"], dicom[40]["source"]["affine"], atol=1e-3)
@@ -64,8 +72,15 @@ def test_monochrome1_xray_has_monochrome2_polarity(shared_data_dir):
     stored = ds.pixel_array.astype(float)
     assert np.corrcoef(img.ravel(), stored.ravel())[0, 1] < -0.99  # inverted relative to the stored values
     h, w = img.shape
-    air = img[int(0.85 * h):, int(0.7 * w):].mean()  # air below the thorax (bottom right) is dark, as in MONOCHROME2
+    air = img[int(0.85 * h) :, int(0.7 * w) :].mean()  # air below the thorax (bottom right) is dark, as in MONOCHROME2
     assert air < 0.5 * img.mean()
     m2 = np.asarray(read_image(shared_data_dir / "xray_dicom" / "nih_cxr14_dx_monochrome2.dcm")[0])
-    assert np.corrcoef(m2.ravel(), pydicom.dcmread(shared_data_dir / "xray_dicom" / "nih_cxr14_dx_monochrome2.dcm")
-                       .pixel_array.astype(float).ravel())[0, 1] > 0.99  # MONOCHROME2 is left as stored
+    assert (
+        np.corrcoef(
+            m2.ravel(),
+            pydicom.dcmread(shared_data_dir / "xray_dicom" / "nih_cxr14_dx_monochrome2.dcm")
+            .pixel_array.astype(float)
+            .ravel(),
+        )[0, 1]
+        > 0.99
+    )  # MONOCHROME2 is left as stored

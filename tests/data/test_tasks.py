@@ -21,14 +21,16 @@ def test_shipped_presets():
 
 
 def test_presets_resolve_inside_the_package():
-    assert PRESET_DIR == Path(blosam_med.__file__).parent / "configs"
+    assert Path(blosam_med.__file__).parent / "configs" == PRESET_DIR
     assert task_preset_path("polyp").is_file()
 
 
 def test_preset_file_keeps_other_top_level_keys_for_the_bundle(tmp_path):
     p = tmp_path / "mine.yaml"
-    p.write_text("dataset_dir: somewhere\ntask:\n  name: mine\n  window: custom\n  width: 400\n  level: 40\n"
-                 "  label_values: [2, 3]\n")
+    p.write_text(
+        "dataset_dir: somewhere\ntask:\n  name: mine\n  window: custom\n  width: 400\n  level: 40\n"
+        "  label_values: [2, 3]\n"
+    )
     t = load_task(p)
     assert (t.name, t.width, t.level, t.label_values) == ("mine", 400, 40, (2, 3))
     assert TaskConfig.from_dict(t.to_dict()) == t

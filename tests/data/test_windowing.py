@@ -8,13 +8,23 @@ from monai.data import MetaTensor
 from blosam_med.data import WINDOW_PRESETS, WindowIntensity, WindowIntensityd, window_range
 
 # (a_min, a_max) = (L - W/2, L + W/2), computed by hand
-HAND = {"lung": (-1350, 150), "mediastinum": (-160, 240), "abdomen": (-125, 225), "bone": (-500, 1300),
-        "brain": (0, 80)}
+HAND = {
+    "lung": (-1350, 150),
+    "mediastinum": (-160, 240),
+    "abdomen": (-125, 225),
+    "bone": (-500, 1300),
+    "brain": (0, 80),
+}
 
 
 def test_presets_are_the_documented_width_level():
-    assert WINDOW_PRESETS == {"lung": (1500, -600), "mediastinum": (400, 40), "abdomen": (350, 50),
-                              "bone": (1800, 400), "brain": (80, 40)}
+    assert WINDOW_PRESETS == {
+        "lung": (1500, -600),
+        "mediastinum": (400, 40),
+        "abdomen": (350, 50),
+        "bone": (1800, 400),
+        "brain": (80, 40),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(HAND))

@@ -13,8 +13,11 @@ from blosam_med.engine.fewshot import EpochSampler
 
 def test_shards_of_each_global_batch_are_the_single_process_batch():
     world, per_process = 3, 2
-    loader = DataLoader(Dataset(list(range(10))), batch_size=world * per_process,
-                        sampler=EpochSampler(10, 4 * world * per_process, seed=7))
+    loader = DataLoader(
+        Dataset(list(range(10))),
+        batch_size=world * per_process,
+        sampler=EpochSampler(10, 4 * world * per_process, seed=7),
+    )
     loader.sampler.set_epoch(3)
     single = [b.tolist() for b in loader]
     shards = [shard_loader(loader, rank=r, world_size=world) for r in range(world)]

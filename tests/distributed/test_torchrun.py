@@ -30,13 +30,28 @@ def _free_port() -> int:
 
 def _run(args: list[str], processes: int = 1) -> subprocess.CompletedProcess:
     """``python -m blosam_med ARGS`` in one process, or under torchrun with ``processes`` CPU workers."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
-                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}"] if processes > 1 else [
-                sys.executable]
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(processes),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"127.0.0.1:{_free_port()}",
+        ]
+        if processes > 1
+        else [sys.executable]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     extra = ["--distributed"] if processes > 1 else []
-    return subprocess.run([*launcher, "-m", "blosam_med", *args, *extra], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [*launcher, "-m", "blosam_med", *args, *extra], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def _manifest(out: Path) -> dict[str, dict]:
@@ -64,7 +79,7 @@ def test_sharded_inference_equals_one_process_and_reruns_do_only_missing_cases(t
         assert np.array_equal(a.affine, b.affine) and np.asarray(a.dataobj).any()
         montage = [Path(r[case]["outputs"]["overlay"]).read_bytes() for r in (single, sharded)]
         assert montage[0] == montage[1]
-    entries = lambda root: sorted(p.name for p in root.rglob("*") if p.is_file())  # noqa: E731
+    entries = lambda root: sorted(p.name for p in root.rglob("*") if p.is_file())
     assert entries(tmp_path / "cache2") == entries(tmp_path / "cache1")  # same entries, no temporary files left
 
     # a run killed halfway: two cases have neither outputs nor a status file; the rerun does only those
@@ -77,9 +92,15 @@ def test_sharded_inference_equals_one_process_and_reruns_do_only_missing_cases(t
     again = _run([*common, "--out", str(out), "--cache-dir", str(tmp_path / "cache2")], processes=2)
     assert again.returncode != 0  # the corrupt file still fails
     rerun = _manifest(out)
-    assert {c: r["status"] for c, r in rerun.items()} == {"broken": "failed", "ct0": "skipped", "ct1": "done",
-                                                          "ct2": "skipped", "ct3": "skipped", "ct4": "done",
-                                                          "dup": "skipped"}
+    assert {c: r["status"] for c, r in rerun.items()} == {
+        "broken": "failed",
+        "ct0": "skipped",
+        "ct1": "done",
+        "ct2": "skipped",
+        "ct3": "skipped",
+        "ct4": "done",
+        "dup": "skipped",
+    }
     assert {c: os.stat(sharded[c]["outputs"]["nifti"]).st_mtime_ns for c in kept} == kept
     for case in ("ct1", "ct4"):
         a, b = nib.load(single[case]["outputs"]["nifti"]), nib.load(rerun[case]["outputs"]["nifti"])
@@ -90,8 +111,23 @@ def test_sharded_inference_equals_one_process_and_reruns_do_only_missing_cases(t
 def test_distributed_training_equals_one_process_with_the_global_batch(tmp_path, monkeypatch, hypergradient):
     data = write_synthetic_2d(tmp_path / "data", n=12)
     monkeypatch.setenv("BLOSAM_CACHE", str(tmp_path / "cache"))
-    common = ["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--data", str(data),
-              "--shots", "8", "--iterations", "4", "--hypergradient", hypergradient]
+    common = [
+        "train",
+        "--backbone",
+        "tiny",
+        "--task",
+        "lung_xray",
+        "--device",
+        "cpu",
+        "--data",
+        str(data),
+        "--shots",
+        "8",
+        "--iterations",
+        "4",
+        "--hypergradient",
+        hypergradient,
+    ]
     two = _run([*common, "--out", str(tmp_path / "two"), "--batch-size", "2"], processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "4"]) == 0  # the global batch: 2 x 2
@@ -120,7 +156,22 @@ def test_distributed_without_torchrun_is_one_clear_error(tmp_path, capsys, monke
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     adapter = write_tiny_adapter(tmp_path / "a.pt")
-    assert main(["infer", "--adapter", str(adapter), "--input", str(adapter), "--out", str(tmp_path / "o"),
-                 "--device", "cpu", "--distributed"]) == 2
+    assert (
+        main(
+            [
+                "infer",
+                "--adapter",
+                str(adapter),
+                "--input",
+                str(adapter),
+                "--out",
+                str(tmp_path / "o"),
+                "--device",
+                "cpu",
+                "--distributed",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--distributed" in err and "torchrun --nproc_per_node" in err and "RANK" in err

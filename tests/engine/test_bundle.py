@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from blosam_med.cli import main
@@ -27,8 +26,22 @@ def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
     assert draw == metrics["draw"]
 
     result = tmp_path / "test.json"
-    assert main(["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--adapter",
+                str(out / "adapter.pt"),
+                "--data",
+                str(synthetic_2d),
+                "--out",
+                str(result),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     evaluation = json.loads(result.read_text())
     assert evaluation["mean"]["dice"]["n"] == len(evaluation["cases"]) == 2  # 8 cases, test fraction 0.2
     assert not {c["case"] for c in evaluation["cases"]} & (a | b)  # never evaluated on a training shot

@@ -14,8 +14,8 @@ def _setup(tiny_backbone):
         for p in model.lower_parameters():
             p.add_(0.05 * torch.randn_like(p))
     loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
-    emb = lambda: torch.randn(2, *tiny_backbone.embedding_shape)  # noqa: E731
-    y = lambda: (torch.rand(2, 1, 64, 64) > 0.6).float()  # noqa: E731
+    emb = lambda: torch.randn(2, *tiny_backbone.embedding_shape)
+    y = lambda: (torch.rand(2, 1, 64, 64) > 0.6).float()
     return model, loss, (emb(), y()), (emb(), y())
 
 
@@ -23,8 +23,13 @@ def _exact_hypergradient(model, loss_fn, batch_a, batch_b, xi):
     """Autograd through one unrolled SGD step of the lower level (second derivatives, no approximation)."""
     names = [n for n, _ in model.named_lower_parameters()]
     lower = model.lower_parameters()
-    g = torch.autograd.grad(loss_fn(model.forward_embeddings(batch_a[0]), batch_a[1]), lower, create_graph=True,
-                            allow_unused=True, materialize_grads=True)
+    g = torch.autograd.grad(
+        loss_fn(model.forward_embeddings(batch_a[0]), batch_a[1]),
+        lower,
+        create_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
     unrolled = {n: w - xi * gi for n, w, gi in zip(names, lower, g)}
 
     class Decode(torch.nn.Module):

@@ -28,8 +28,30 @@ def test_alternating_sampler_complements():
 
 def test_bundle_trains_with_alternating_roles(synthetic_2d, tmp_path):
     out = tmp_path / "alt"
-    assert main(["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--data", str(synthetic_2d),
-                 "--out", str(out), "--shots", "2", "--iterations", "4", "--roles", "alternate"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--backbone",
+                "tiny",
+                "--task",
+                "lung_xray",
+                "--device",
+                "cpu",
+                "--data",
+                str(synthetic_2d),
+                "--out",
+                str(out),
+                "--shots",
+                "2",
+                "--iterations",
+                "4",
+                "--roles",
+                "alternate",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["draw"]["roles"] == "alternate" and metrics["params"]["roles"] == "alternate"
     assert set(metrics["final_loss"]) == {"loss_lower", "loss_upper"}

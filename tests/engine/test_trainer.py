@@ -26,8 +26,10 @@ class RecordingAdamW(torch.optim.AdamW):
 
 def _loader(n, shape, seed):
     g = torch.Generator().manual_seed(seed)
-    data = [{"image": torch.randn(*shape, generator=g), "label": (torch.rand(1, 64, 64, generator=g) > 0.5).float()}
-            for _ in range(n)]
+    data = [
+        {"image": torch.randn(*shape, generator=g), "label": (torch.rand(1, 64, 64, generator=g) > 0.5).float()}
+        for _ in range(n)
+    ]
     return DataLoader(Dataset(data), batch_size=2, shuffle=False)
 
 
@@ -38,8 +40,15 @@ def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
     shape = tiny_backbone.embedding_shape
     if cls is BiLevelTrainer:
         kw.setdefault("upper_data_loader", _loader(2, shape, 1))
-    trainer = cls(device="cpu", max_epochs=1, train_data_loader=_loader(2, shape, 0), network=model, optimizer=opt,
-                  loss_function=loss, **kw)
+    trainer = cls(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=_loader(2, shape, 0),
+        network=model,
+        optimizer=opt,
+        loss_function=loss,
+        **kw,
+    )
     return trainer, model, opt
 
 
@@ -74,8 +83,9 @@ def test_single_level_moves_everything_in_one_step(tiny_backbone):
 
 
 def test_stats_handler_reads_both_losses(tiny_backbone, capsys):
-    handler = StatsHandler(name="blosam_test", output_transform=from_engine(["loss"], first=True),
-                           iteration_log=True, epoch_log=False)
+    handler = StatsHandler(
+        name="blosam_test", output_transform=from_engine(["loss"], first=True), iteration_log=True, epoch_log=False
+    )
     trainer, _, _ = _trainer(tiny_backbone, train_handlers=[handler])
     trainer.run()
     printed = capsys.readouterr()
@@ -86,8 +96,14 @@ def test_optimizer_must_hold_both_levels(tiny_backbone):
     model = BloSam(tiny_backbone)
     opt = torch.optim.AdamW(model.lower_parameters())
     with pytest.raises(ValueError, match="bilevel_param_groups"):
-        BiLevelTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=model, optimizer=opt,
-                       loss_function=torch.nn.BCEWithLogitsLoss())
+        BiLevelTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[],
+            network=model,
+            optimizer=opt,
+            loss_function=torch.nn.BCEWithLogitsLoss(),
+        )
     with pytest.raises(ValueError, match="hypergradient"):
         _trainer(tiny_backbone, hypergradient="third_order")
 

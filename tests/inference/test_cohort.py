@@ -71,8 +71,23 @@ def test_outputs_no_run_wrote_are_refused_and_the_cli_reports_failures(tmp_path,
     assert (out / "ct1.nii.gz").read_bytes() == b"somebody else's file"
     statuses, _ = _statuses(out)
     assert statuses == {"ct0": "done", "ct1": "failed"}
-    assert main(["infer", "--adapter", str(adapter), "--input", str(cohort), "--out", str(out), "--device", "cpu",
-                 "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--adapter",
+                str(adapter),
+                "--input",
+                str(cohort),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert _statuses(out)[0] == {"ct0": "done", "ct1": "done"}  # --overwrite recomputes finished cases too
 
 

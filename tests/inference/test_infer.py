@@ -58,8 +58,12 @@ def test_nifti_round_trip_on_source_grid(tmp_path):
     assert pred.kind == "volume" and len(pred.slices) == 10  # the original j axis is superior-inferior here
     from blosam_med.data import load_samples
 
-    labels = load_samples([{"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "ct_label.nii.gz")}], task,
-                          foreground_only=False, every_n=1)
+    labels = load_samples(
+        [{"image": str(tmp_path / "ct.nii.gz"), "label": str(tmp_path / "ct_label.nii.gz")}],
+        task,
+        foreground_only=False,
+        every_n=1,
+    )
     _oracle(pred, [s["label"][0] for s in labels])
     written = write_case(pred, tmp_path / "out", ["nifti", "png"], ["lungs"])
     out = nib.load(written["nifti"])
@@ -103,8 +107,9 @@ def test_dicom_series_to_dicom_seg(tmp_path):
 
     by_z = sorted((pydicom.dcmread(p) for p in series.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
     uids = [d.SOPInstanceUID for d in by_z]
-    back = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1], combine_segments=True,
-                                             skip_overlap_checks=True)
+    back = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1], combine_segments=True, skip_overlap_checks=True
+    )
     assert np.array_equal(np.asarray(back).astype(np.uint8), label)
     if shutil.which("dciodvfy"):
         done = subprocess.run(["dciodvfy", written["dicom-seg"]], capture_output=True, text=True)
@@ -143,7 +148,17 @@ def test_cli_png_and_errors(tmp_path, synthetic_2d, capsys):
     task = load_task("lung_xray")
     adapter = _adapter(tmp_path / "xray.pt", task=task)
     image = synthetic_2d / "images" / "case00.png"
-    args = ["infer", "--adapter", str(adapter), "--input", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    args = [
+        "infer",
+        "--adapter",
+        str(adapter),
+        "--input",
+        str(image),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert set(record["outputs"]) == {"png", "overlay"}
@@ -180,8 +195,22 @@ def test_two_series_and_missing_slices_are_refused(tmp_path, capsys):
         f.rename(tmp_path / "two" / f"B{f.name}")
     write_series(tmp_path / "gap", hu, z_positions=[0, 2.5, 5, 12.5, 15])
     for folder, problem in (("two", "series"), ("gap", "missing slices")):
-        assert main(["infer", "--adapter", str(adapter), "--input", str(tmp_path / folder), "--out",
-                     str(tmp_path / "o"), "--device", "cpu"]) == 2
+        assert (
+            main(
+                [
+                    "infer",
+                    "--adapter",
+                    str(adapter),
+                    "--input",
+                    str(tmp_path / folder),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert str(tmp_path / folder) in err and problem in err
 

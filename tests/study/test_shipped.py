@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import SHARED_DATA
 
 from blosam_med.cli import main
 from blosam_med.data import open_datalist, read_image
 from blosam_med.model.checkpoint import read_adapter
 from blosam_med.model.shipped import shipped_adapter, shipped_adapters
-from synthetic import SHARED_DATA
 
 TASKS = ("lung_xray", "polyp", "teeth", "lung_ct")
 #: One image per task (the first of the seeded test split; lung_ct has a single volume, whose middle slab of
@@ -50,7 +50,7 @@ def _held_out_slab(item: dict, slices: list[int], folder: Path) -> dict:
         vol = nib.load(item[key])
         affine = vol.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, slices[0]], [0, 0, 0, 1]], dtype=float)
         out[key] = str(folder / f"{key}_slab.nii.gz")
-        nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[..., slices[0]:slices[1]], affine), out[key])
+        nib.save(nib.Nifti1Image(np.asarray(vol.dataobj)[..., slices[0] : slices[1]], affine), out[key])
     return out
 
 
@@ -88,7 +88,9 @@ def test_infer_task_runs_from_the_package_alone(tmp_path, litemedsam):
 
     image = np.stack([(60 + 150 * (disc(96, 128, r=20.0) > 0)).astype(np.uint8)] * 3, axis=-1)
     path = write_png(tmp_path / "radiograph.png", image)
-    assert main(["infer", "--task", "teeth", "--input", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (
+        main(["infer", "--task", "teeth", "--input", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    )
     mask = np.asarray(read_image(tmp_path / "out" / "radiograph_mask.png")).squeeze()
     assert mask.shape == (96, 128) and set(np.unique(mask)) <= {0, 255}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

@@ -12,7 +12,7 @@ import yaml
 
 from blosam_med.cli import main
 from blosam_med.data import load_task
-from blosam_med.study import load_study, run_study, slab_split
+from blosam_med.study import load_study, slab_split
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline, component_boxes
 from blosam_med.study.report import aggregate, paired_differences
 from tests.synthetic import write_nifti
@@ -27,9 +27,18 @@ METHODS = {
 
 
 def _config(tmp_path: Path, data: Path, methods: dict = METHODS, **extra) -> Path:
-    study = {"name": "t", "output_dir": str(tmp_path / "study"), "data_root": str(data.parent),
-             "tasks": {"lung_xray": {"data": data.name}}, "shots": [2], "seeds": [0, 1],
-             "train": {"iterations": 2, "backbone": "tiny"}, "dev_size": 3, "methods": methods, **extra}
+    study = {
+        "name": "t",
+        "output_dir": str(tmp_path / "study"),
+        "data_root": str(data.parent),
+        "tasks": {"lung_xray": {"data": data.name}},
+        "shots": [2],
+        "seeds": [0, 1],
+        "train": {"iterations": 2, "backbone": "tiny"},
+        "dev_size": 3,
+        "methods": methods,
+        **extra,
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"study": study}))
     return path
@@ -45,16 +54,49 @@ def _mlflow_runs(out: Path) -> list:
 
 def test_load_study_rejects_bad_configs(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [2], "seeds": [0],
-                                             "methods": {"m": {"kind": "magic"}}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "study": {
+                    "name": "x",
+                    "tasks": ["polyp"],
+                    "shots": [2],
+                    "seeds": [0],
+                    "methods": {"m": {"kind": "magic"}},
+                }
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"bad.yaml: study.methods.m.kind"):
         load_study(bad)
-    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [1], "seeds": [0],
-                                             "methods": {"m": {"kind": "zero_shot"}}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "study": {
+                    "name": "x",
+                    "tasks": ["polyp"],
+                    "shots": [1],
+                    "seeds": [0],
+                    "methods": {"m": {"kind": "zero_shot"}},
+                }
+            }
+        )
+    )
     with pytest.raises(ValueError, match="shots must be >= 2"):
         load_study(bad)
-    bad.write_text(yaml.safe_dump({"study": {"name": "x", "tasks": ["polyp"], "shots": [2], "seeds": [0],
-                                             "methods": {"m": {"kind": "bundle", "baseline": "singel"}}}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "study": {
+                    "name": "x",
+                    "tasks": ["polyp"],
+                    "shots": [2],
+                    "seeds": [0],
+                    "methods": {"m": {"kind": "bundle", "baseline": "singel"}},
+                }
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"study.methods.m.baseline names no method: 'singel'"):
         load_study(bad)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
@@ -88,10 +130,10 @@ def test_box_prompt_predictor_shapes_and_empty(tiny_backbone, tmp_path):
     cache = EmbeddingCache(tiny_backbone, None, "cpu", progress=False)
     image = torch.rand(1, 40, 50)
     label = torch.zeros(1, 40, 50, dtype=torch.uint8)
-    empty, = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
+    (empty,) = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
     assert empty.shape == (1, 40, 50) and not empty.any()
     label[0, 10:30, 5:25] = 1
-    boxed, = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
+    (boxed,) = BoxPromptPredictor(tiny_backbone, cache).masks([image], [label])
     assert boxed.shape == (1, 40, 50) and boxed.dtype == torch.uint8
 
 
@@ -111,7 +153,10 @@ def test_slab_split_keeps_a_gap(tmp_path):
     vol = np.zeros((16, 16, 20), np.int16)
     lab = np.zeros((16, 16, 20), np.uint8)
     lab[4:12, 4:12, 2:18] = 1
-    item = {"image": str(write_nifti(tmp_path / "ct.nii.gz", vol)), "label": str(write_nifti(tmp_path / "l.nii.gz", lab))}
+    item = {
+        "image": str(write_nifti(tmp_path / "ct.nii.gz", vol)),
+        "label": str(write_nifti(tmp_path / "l.nii.gz", lab)),
+    }
     task = load_task("lung_ct")
     split = slab_split({"training": [item], "test": []}, task, (0.4, 0.6), gap=2)
     (test,) = split["test"]
@@ -131,8 +176,16 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
     captured = capsys.readouterr()
     assert "cell lung_xray/k2_s0/broken failed" in captured.err
     done = sorted(p.parent.relative_to(out / "cells").as_posix() for p in (out / "cells").rglob("result.json"))
-    assert done == ["lung_xray/box", "lung_xray/k2_s0/blosam", "lung_xray/k2_s0/single", "lung_xray/k2_s0/unet",
-                    "lung_xray/k2_s1/blosam", "lung_xray/k2_s1/single", "lung_xray/k2_s1/unet", "lung_xray/zero"]
+    assert done == [
+        "lung_xray/box",
+        "lung_xray/k2_s0/blosam",
+        "lung_xray/k2_s0/single",
+        "lung_xray/k2_s0/unet",
+        "lung_xray/k2_s1/blosam",
+        "lung_xray/k2_s1/single",
+        "lung_xray/k2_s1/unet",
+        "lung_xray/zero",
+    ]
     assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("no_such_option") >= 1
 
     result = json.loads((out / "cells/lung_xray/k2_s0/blosam/result.json").read_text())
@@ -163,18 +216,45 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
 
 
 def test_aggregate_and_paired_differences():
-    config = load_study(Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml",
-                        {"shots": [2], "seeds": [0, 1]})
+    config = load_study(
+        Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml", {"shots": [2], "seeds": [0, 1]}
+    )
     config.tasks = {"polyp": {}}
     rows = []
     for seed, (a, b) in enumerate([(0.6, 0.5), (0.4, 0.45)]):
         for method, dice in (("blosam", a), ("single", b)):
-            rows.append({"task": "polyp", "method": method, "trains": True, "shots": 2, "seed": seed, "dice": dice,
-                         "hd95": 10.0, "nsd": 0.5, "dev_dice": dice, "cpu_seconds": 1.0})
-    rows.append({"task": "polyp", "method": "box-oracle", "trains": False, "shots": None, "seed": None, "dice": 0.9,
-                 "hd95": 3.0, "nsd": 0.9, "dev_dice": None, "cpu_seconds": 1.0})
+            rows.append(
+                {
+                    "task": "polyp",
+                    "method": method,
+                    "trains": True,
+                    "shots": 2,
+                    "seed": seed,
+                    "dice": dice,
+                    "hd95": 10.0,
+                    "nsd": 0.5,
+                    "dev_dice": dice,
+                    "cpu_seconds": 1.0,
+                }
+            )
+    rows.append(
+        {
+            "task": "polyp",
+            "method": "box-oracle",
+            "trains": False,
+            "shots": None,
+            "seed": None,
+            "dice": 0.9,
+            "hd95": 3.0,
+            "nsd": 0.9,
+            "dev_dice": None,
+            "cpu_seconds": 1.0,
+        }
+    )
     agg = {(a["method"], a["shots"]): a for a in aggregate(config, rows)}
-    assert agg[("blosam", 2)]["dice_mean"] == pytest.approx(0.5) and agg[("blosam", 2)]["dice_std"] == pytest.approx(0.1)
+    assert agg[("blosam", 2)]["dice_mean"] == pytest.approx(0.5) and agg[("blosam", 2)]["dice_std"] == pytest.approx(
+        0.1
+    )
     assert agg[("box-oracle", 2)]["dice_mean"] == 0.9 and agg[("box-oracle", 2)]["dice_std"] is None
     (pair,) = paired_differences(rows, "blosam", "single")
     assert pair["mean"] == pytest.approx(0.025) and pair["wins"] == 1 and pair["n"] == 2
