@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor, default_batch_size
 from blosam_med.io import atomic_write
 from blosam_med.metrics import evaluate_cases
@@ -104,7 +105,9 @@ def evaluate_adapter(
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True)
-    masks = Predictor([model], cache, device=device, batch_size=batch_size).masks([s["image"] for s in samples])
+    post = [mask_postprocess(task.keep_components, task.fill_holes)]
+    predictor = Predictor([model], cache, device=device, batch_size=batch_size, postprocess=post)
+    masks = predictor.masks([s["image"] for s in samples])
     cases = group_volumes(samples, masks)
     result = evaluate_cases(
         [c["pred"] for c in cases],
