@@ -13,8 +13,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser", "resolve_device"]
 
@@ -29,7 +33,7 @@ class CLIError(Exception):
 USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
 
 
-def resolve_device(name: str = "auto"):
+def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
     import torch
 
@@ -67,11 +71,6 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- train
-def bundle_config(name: str) -> Path:
-    """A config file of the package's MONAI bundle (``bundles/blosam/configs``)."""
-    return Path(__file__).resolve().parent / "bundle" / "configs" / name
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="few-shot training (runs the bundle's train.yaml)")
     p.add_argument("--task", required=True, help="task preset name (lung_xray, lung_ct, polyp, teeth) or YAML file")
@@ -115,9 +114,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from monai.bundle import ConfigWorkflow
-
-    from blosam_med.data import task_preset_path
+    from blosam_med.workflow import run_training
 
     data = Path(args.data)
     if not data.exists():
@@ -152,25 +149,14 @@ def _run_train(args: argparse.Namespace) -> int:
         if not sep:
             raise CLIError(f"--set {item}: expected ID=VALUE")
         override[key] = yaml.safe_load(value)
-    configs = [bundle_config("train.yaml")] + ([bundle_config("multi_gpu_train.yaml")] if args.distributed else [])
-    workflow = ConfigWorkflow(
-        config_file=[str(c) for c in configs] + [str(task_preset_path(args.task))],
-        meta_file=str(bundle_config("metadata.json")),
-        logging_file=False,
-        run_id="training",
-        workflow_type="train",
-        tracking="mlflow" if args.tracking or args.tracking_uri else None,
-        **override,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    tracking = "mlflow" if args.tracking or args.tracking_uri else None
+    run_training(args.task, override, distributed=args.distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) == 0:
         print(Path(args.out) / "adapter.pt")
     return 0
 
 
-def _process_device(name: str):
+def _process_device(name: str) -> torch.device:
     """The device of this torchrun process: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU machine, else the CPU."""
     from blosam_med.distributed import local_device
 
@@ -472,8 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_error(err: BaseException) -> BaseException | None:
     """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError)."""
-    while err is not None:
-        if isinstance(err, USER_ERRORS):
-            return err
-        err = err.__cause__
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, USER_ERRORS):
+            return cause
+        cause = cause.__cause__
     return None

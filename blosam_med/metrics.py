@@ -99,7 +99,7 @@ def _binary(x: torch.Tensor, what: str, name: str) -> torch.Tensor:
 
 def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     """Length in mm of the image diagonal: an upper bound on any distance inside the image."""
-    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
 
 
 def compute_case_metrics(
@@ -235,7 +235,7 @@ def evaluate_cases(
         raise ValueError(f"case ids must be unique; repeated: {repeated[:5]}")
     cases = [
         {"case": c, **compute_case_metrics(p, y, s, nsd_tolerance_mm=nsd_tolerance_mm, name=c)}
-        for p, y, s, c in zip(preds, labels, spacings, ids)
+        for p, y, s, c in zip(preds, labels, spacings, ids, strict=True)
     ]
     counts = {
         "n_cases": len(cases),

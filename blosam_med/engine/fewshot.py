@@ -213,7 +213,7 @@ class FewShotData:
             a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
         else:
             a, b = list(shot_samples), []
-        self.draw = describe_draw(a, b)
+        self.draw: dict[str, Any] = dict(describe_draw(a, b))
         self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
         if self.roles != "fixed":
             self.draw["roles"] = self.roles
@@ -236,7 +236,7 @@ class FewShotData:
                 "slice": -1 if s.get("slice") is None else int(s["slice"]),
                 "view": v,
             }
-            for e, (s, v, _, lab) in zip(emb, pairs)
+            for e, (s, v, _, lab) in zip(emb, pairs, strict=True)
         ]
 
     def loader(self, subset: str, batch_size: int, num_samples: int | None = None, num_workers: int = 0) -> DataLoader:
@@ -254,6 +254,7 @@ class FewShotData:
         if num_samples is None:
             return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         seed = self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key]
+        sampler: EpochSampler
         if self.roles == "alternate" and key in ("a", "b"):
             n_a, n_b = len(self.subset_a), len(self.subset_b)
             bs = min(batch_size, n_a, n_b)

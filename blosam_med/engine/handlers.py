@@ -45,7 +45,11 @@ def attach_resume(trainer: Engine, saver: CheckpointSaver) -> CheckpointLoader:
     """Load the newest checkpoint ``saver`` wrote (trainer state, trained tensors, optimizer, scheduler) when
     ``trainer`` starts, so the run continues where it stopped."""
     folder = saver.save_dir
-    loader = CheckpointLoader(load_path=latest_checkpoint(folder), load_dict=saver.save_dict, map_location="cpu")
+    loader = CheckpointLoader(
+        load_path=latest_checkpoint(folder),
+        load_dict=saver.save_dict,
+        map_location="cpu",  # type: ignore[arg-type]  # torch.load accepts a device string
+    )
     loader.attach(trainer)
     logger.info("resuming from %s", loader.load_path)
     return loader
@@ -126,7 +130,7 @@ class RunRecorder:
     def completed(self, engine: Engine) -> None:
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        last = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else {}
+        last: dict[str, float] = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else {}
         metrics = {
             "iterations": engine.state.iteration,
             "epochs": engine.state.epoch,

@@ -20,7 +20,7 @@ step, ``R`` and the result are those of one process holding the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -59,9 +59,9 @@ def first_order_hypergradient(
     return grads, loss_b.detach()
 
 
-def _set_(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+def _set_(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
     with torch.no_grad():
-        for p, v in zip(params, values):
+        for p, v in zip(params, values, strict=True):
             p.copy_(v)
 
 
@@ -93,24 +93,25 @@ def second_order_hypergradient(
     try:
         g_a = list(torch.autograd.grad(loss_a(), lower, allow_unused=True))
         reduce(g_a)
-        _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a)])  # w' (virtual step)
+        # w' (virtual step)
+        _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a, strict=True)])
         loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
         grads = list(torch.autograd.grad(loss_b, lower + upper, allow_unused=True))
         reduce(grads)
-        v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower)]
-        direct = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[len(lower) :], upper)]
-        norm = torch.sqrt(sum((vi.double() ** 2).sum() for vi in v))
+        v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower, strict=True)]
+        direct = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[len(lower) :], upper, strict=True)]
+        norm = torch.sqrt(torch.stack([(vi.double() ** 2).sum() for vi in v]).sum())
         if norm == 0:
             return direct, loss_b.detach()
         r = eps / norm.item()
-        _set_(lower, [w + r * vi for w, vi in zip(original, v)])
+        _set_(lower, [w + r * vi for w, vi in zip(original, v, strict=True)])
         g_plus = list(torch.autograd.grad(loss_a(), upper))
-        _set_(lower, [w - r * vi for w, vi in zip(original, v)])
+        _set_(lower, [w - r * vi for w, vi in zip(original, v, strict=True)])
         g_minus = list(torch.autograd.grad(loss_a(), upper))
         reduce(g_plus + g_minus)
     finally:
         _set_(lower, original)
-    hyper = [d - xi * (gp - gm) / (2 * r) for d, gp, gm in zip(direct, g_plus, g_minus)]
+    hyper = [d - xi * (gp - gm) / (2 * r) for d, gp, gm in zip(direct, g_plus, g_minus, strict=True)]
     return hyper, loss_b.detach()
 
 

@@ -188,9 +188,9 @@ class BiLevelTrainer(Trainer):
     def _set_sampler_epochs(self, engine: BiLevelTrainer) -> None:
         """Seed per-epoch samplers of both loaders by the epoch, so a resumed run draws the same batches."""
         for loader in (engine.data_loader, engine.upper_data_loader):
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(engine.state.epoch)
+            set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(engine.state.epoch)
 
     def _broadcast_parameters(self, engine: BiLevelTrainer) -> None:
         """Every process starts from rank 0's trained tensors (a resumed run then loads the same checkpoint)."""
@@ -201,6 +201,8 @@ class BiLevelTrainer(Trainer):
         return list(dist_utils.average_(tensors)) if self.distributed else tensors
 
     def _next_upper_batch(self) -> Any:
+        if self.upper_data_loader is None:
+            raise RuntimeError("single-level training has no upper data loader")
         if self._upper_iter is None:
             self._upper_iter = iter(self.upper_data_loader)
         try:
@@ -245,7 +247,11 @@ class BiLevelTrainer(Trainer):
         engine._average([p.grad for p in stepped])
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(stepped)
-        output = {Keys.PRED: logits.detach(), Keys.LABEL: y_a, Keys.LOSS: engine._average([loss_a.detach().clone()])[0]}
+        output: dict[str, Any] = {
+            Keys.PRED: logits.detach(),
+            Keys.LABEL: y_a,
+            Keys.LOSS: engine._average([loss_a.detach().clone()])[0],
+        }
 
         # upper level
         if engine.bilevel:
@@ -262,7 +268,7 @@ class BiLevelTrainer(Trainer):
                 reduce=engine._average,
             )
             engine.optimizer.zero_grad(set_to_none=True)
-            for p, g in zip(upper, grads):
+            for p, g in zip(upper, grads, strict=True):
                 p.grad = g.detach()
             engine._step(upper)
             output["loss_upper"] = engine._average([loss_b.clone()])[0]
@@ -283,5 +289,7 @@ class SingleLevelTrainer(BiLevelTrainer):
     """The baseline: the same parameters (LoRA, heads, prompt) trained jointly on all shots, one step per batch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.pop("upper_data_loader", None)
-        super().__init__(*args, upper_data_loader=None, **kwargs)
+        if kwargs.get("upper_data_loader") is not None:
+            raise ValueError("SingleLevelTrainer trains on one loader; pass no upper_data_loader")
+        kwargs["upper_data_loader"] = None
+        super().__init__(*args, **kwargs)

@@ -15,6 +15,7 @@ from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_v
 from blosam_med.inference.predictor import Predictor, default_batch_size
 from blosam_med.io import atomic_write
 from blosam_med.metrics import evaluate_cases
+from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
 
@@ -75,7 +76,7 @@ def evaluate_adapter(
     nsd_tolerance_mm: float = 2.0,
     out: str | Path | None = None,
     overwrite: bool = False,
-    model=None,
+    model: BloSam | None = None,
 ) -> dict[str, Any]:
     """Predict every case of ``split`` and score it against its label, per image (2D) or per volume (3D).
 

@@ -99,7 +99,7 @@ def write_montage(
     n = len(slices)
     with_fg = [i for i in range(n) if np.asarray(masks[i]).any()]
     pool = with_fg if len(with_fg) >= min(count, n) // 2 and with_fg else list(range(n))
-    pick = [pool[int(round(j))] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
+    pick = [pool[round(j)] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
     tiles = [overlay(slices[i], masks[i]) for i in pick]
     scale = max(1, 192 // max(tiles[0].shape[:2]))  # small CT grids are enlarged (nearest) to stay readable
     if scale > 1:

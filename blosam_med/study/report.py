@@ -171,7 +171,7 @@ def _plot_dice(config: StudyConfig, agg: list[dict], path: Path) -> None:
 
     tasks = list(config.tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         for m in config.methods:
             pts = [a for a in agg if a["task"] == task and a["method"] == m.name]
             if not pts:

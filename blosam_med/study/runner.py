@@ -24,6 +24,7 @@ from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cac
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.tracking import StudyTracker
+from blosam_med.workflow import run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
 
@@ -47,7 +48,7 @@ def slab_split(
         n = len(
             load_samples([{k: v for k, v in item.items() if k != "slices"}], task, foreground_only=False, every_n=1)
         )
-        lo, hi = int(round(test[0] * n)), int(round(test[1] * n))
+        lo, hi = round(test[0] * n), round(test[1] * n)
         if not 0 < lo < hi < n:
             raise ValueError(f"{item['image']}: slab {test} of {n} slices leaves no training slices")
         testing.append(dict(item, slices=[lo, hi]))
@@ -114,7 +115,7 @@ class StudyContext:
         """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
         fg = [i for i, s in enumerate(self.test_samples[task]) if s["label"].any()]
         n = min(self.config.overlays, len(fg))
-        return [fg[int(round(j))] for j in np.linspace(0, len(fg) - 1, n)] if n else []
+        return [fg[round(j)] for j in np.linspace(0, len(fg) - 1, n)] if n else []
 
 
 def dev_samples(items: list[dict], task: TaskConfig, size: int) -> list[dict]:
@@ -143,7 +144,7 @@ def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = Fa
                 "label": s["label"][0].numpy(),
                 "spacing": tuple(float(v) for v in s["spacing"]),
             }
-            for s, m in zip(samples, masks)
+            for s, m in zip(samples, masks, strict=True)
         ]
     else:
         cases = group_volumes(samples, masks)
@@ -157,11 +158,6 @@ def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = Fa
 
 def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
     """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs)."""
-    from monai.bundle import ConfigWorkflow
-
-    from blosam_med.cli import bundle_config
-    from blosam_med.data import task_preset_path
-
     config = ctx.config
     override = {
         "dataset_dir": None,
@@ -175,17 +171,7 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
         **config.train,
         **cell.method.options.get("set", {}),
     }
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle_config("train.yaml")), str(task_preset_path(config.tasks[cell.task]["preset"]))],
-        meta_file=str(bundle_config("metadata.json")),
-        logging_file=False,
-        run_id="training",
-        workflow_type="train",
-        **override,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    workflow = run_training(config.tasks[cell.task]["preset"], override)
     network = workflow.parser.get_parsed_content("network")
     return network, json.loads((folder / "metrics.json").read_text())
 
@@ -195,10 +181,13 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
     samples that are not among its shots (``result["dev"]``); returns the result and the test masks."""
     ctx.setup(cell.task)
     task, samples = ctx.presets[cell.task], ctx.test_samples[cell.task]
-    shots = draw_shot_samples(ctx.datalists[cell.task]["training"], task, cell.shots, cell.seed) if cell.shots else []
+    shots = (
+        draw_shot_samples(ctx.datalists[cell.task]["training"], task, cell.shots, cell.seed or 0) if cell.shots else []
+    )
     dev = [s for s in ctx.dev_samples[cell.task] if _key(s) not in {_key(t) for t in shots}]
     kind, opts = cell.method.kind, cell.method.options
     extra: dict[str, Any] = {}
+    assert ctx.cache is not None  # set by ctx.setup
     if kind == "zero_shot":
         predictor = Predictor([BloSam(ctx.backbone)], ctx.cache, ctx.device, 1)
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
@@ -206,7 +195,7 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         boxes = BoxPromptPredictor(ctx.backbone, ctx.cache, ctx.device)
         predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])
     elif kind == "unet":
-        unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed, device=ctx.device, **opts)
+        unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed or 0, device=ctx.device, **opts)
         losses = unet.fit(shots)
         extra["train"] = {
             "final_loss": losses[-1],
@@ -272,7 +261,7 @@ def run_study(
                 tracker.log_failure(cell, folder / "error.txt")
             continue
         preview = ctx.preview_indices(cell.task)
-        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})
+        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
         result.update(
             cell=cell.id,
             task=cell.task,

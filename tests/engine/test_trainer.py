@@ -53,12 +53,12 @@ def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
 
 
 def _changed(before, after):
-    return [not torch.equal(b, a) for b, a in zip(before, after)]
+    return [not torch.equal(b, a) for b, a in zip(before, after, strict=True)]
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
 def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone, hypergradient):
-    trainer, model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
+    trainer, _model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
@@ -72,7 +72,7 @@ def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone,
 
 
 def test_single_level_moves_everything_in_one_step(tiny_backbone):
-    trainer, model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
+    trainer, _model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
