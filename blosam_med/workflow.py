@@ -1,18 +1,18 @@
 """Launching the package's MONAI bundle (``bundles/blosam``): its config files and one ``ConfigWorkflow`` per run.
 
 ``blosam train`` and the study's bundle cells both train through :func:`run_training`, so a study cell runs exactly
-what the command runs.
+what the command runs. MONAI and the data layer are imported on use, so the CLI's parser can find the bundle
+cheaply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from monai.bundle import ConfigWorkflow
-
-from blosam_med.data import task_preset_path
+if TYPE_CHECKING:
+    from monai.bundle import ConfigWorkflow
 
 __all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_training"]
 
@@ -35,6 +35,8 @@ def bundle_workflow(
 ) -> ConfigWorkflow:
     """A ``ConfigWorkflow`` over ``config_files`` (merged in order) with the bundle's metadata, MONAI's logging left
     alone, and ``overrides`` applied (bundle ids as keys)."""
+    from monai.bundle import ConfigWorkflow
+
     return ConfigWorkflow(
         config_file=[str(c) for c in config_files],
         meta_file=str(bundle_config("metadata.json")),
@@ -57,6 +59,8 @@ def run_training(
         distributed: also merge ``multi_gpu_train.yaml`` (one of several ``torchrun`` processes).
         tracking: ``"mlflow"`` to track the run with MONAI's MLflow handler.
     """
+    from blosam_med.data import task_preset_path
+
     configs = [bundle_config("train.yaml")]
     if distributed:
         configs.append(bundle_config("multi_gpu_train.yaml"))

@@ -24,7 +24,7 @@ from monai.data import load_decathlon_datalist
 from blosam_med.data.dicom import is_dicom_file
 from blosam_med.data.files import IMAGE_EXT, case_id
 from blosam_med.data.loading import mask_values, read_image
-from blosam_med.io import atomic_write, check_writable
+from blosam_med.io import check_writable, write_json
 
 __all__ = [
     "DatalistError",
@@ -287,7 +287,7 @@ def write_datalist(datalist: dict[str, Any], out: str | Path, overwrite: bool = 
         else v
         for k, v in datalist.items()
     }
-    return atomic_write(out, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=overwrite)
+    return write_json(out, data, overwrite=overwrite)
 
 
 def load_datalist(path: str | Path, split: str = "training") -> list[dict]:

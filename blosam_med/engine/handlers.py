@@ -12,9 +12,10 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
 
-from blosam_med.io import OutputExistsError, atomic_write
+from blosam_med.io import OutputExistsError, write_json
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import save_adapter
+from blosam_med.tracking import flatten_params
 
 __all__ = ["RunRecorder", "attach_resume", "check_output_dir", "latest_checkpoint", "flatten_params"]
 
@@ -53,18 +54,6 @@ def attach_resume(trainer: Engine, saver: CheckpointSaver) -> CheckpointLoader:
     loader.attach(trainer)
     logger.info("resuming from %s", loader.load_path)
     return loader
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config values as flat MLflow params (``task.window``); lists become their JSON text."""
-    flat: dict[str, str] = {}
-    for k, v in params.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            flat.update(flatten_params(v, name + "."))
-        else:
-            flat[name] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-    return flat
 
 
 def _mlflow_run(engine: Engine) -> tuple[Any, str] | None:
@@ -146,9 +135,7 @@ class RunRecorder:
             overwrite=True,
             extra={**self.extra, "draw": self.draw, "params": self.params},
         )
-        atomic_write(
-            out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1, default=str)), overwrite=True
-        )
+        write_json(out / "metrics.json", metrics, overwrite=True)
         logger.info("wrote %s and %s", adapter, out / "metrics.json")
         run = _mlflow_run(engine)
         if run is not None:

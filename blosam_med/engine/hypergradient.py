@@ -115,4 +115,5 @@ def second_order_hypergradient(
     return hyper, loss_b.detach()
 
 
+#: The function of each name of :data:`blosam_med.variants.HYPERGRADIENTS`.
 HYPERGRADIENTS = {"first_order": first_order_hypergradient, "second_order": second_order_hypergradient}

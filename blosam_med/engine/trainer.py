@@ -1,4 +1,4 @@
-"""BLO-SAM training as MONAI engines: the bi-level trainer and the single-level baseline."""
+"""BLO-SAM training as a MONAI engine: the bi-level trainer, which is the single-level baseline without subset B."""
 
 from __future__ import annotations
 
@@ -16,20 +16,23 @@ from torch.utils.data import DataLoader
 from blosam_med import distributed as dist_utils
 from blosam_med.engine.hypergradient import HYPERGRADIENTS
 from blosam_med.model.blosam import BloSam
+from blosam_med.variants import check_name
 
-__all__ = ["BiLevelTrainer", "SingleLevelTrainer", "bilevel_param_groups", "TrainableState"]
+__all__ = ["BiLevelTrainer", "bilevel_param_groups", "TrainableState"]
 
 
 def bilevel_param_groups(
     network: BloSam,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
+    *,
+    lr: float,
+    weight_decay: float,
     upper_lr: float | None = None,
     upper_weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: group 0 lower level (LoRA + heads), group 1 upper level (prompt).
 
-    One optimizer with two groups behaves as two optimizers here: each step only gives gradients to one level's
+    ``lr`` and ``weight_decay`` come from the bundle (train.yaml); the upper group takes ``upper_lr`` (default: ``lr``)
+    and ``upper_weight_decay``. One optimizer with two groups behaves as two optimizers here: each step only gives gradients to one level's
     parameters (``AdamW`` skips parameters without a gradient), while MONAI's handlers (checkpointing, LR
     scheduling, MLflow's ``lr_group_<i>``) see a single ``engine.optimizer``.
     """
@@ -126,8 +129,7 @@ class BiLevelTrainer(Trainer):
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
     ) -> None:
-        if hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {sorted(HYPERGRADIENTS)}, got '{hypergradient}'")
+        check_name("hypergradient", hypergradient)
         if distributed and not dist_utils.is_distributed():
             raise ValueError(
                 "distributed=True needs an initialised torch.distributed process group: run under "
@@ -283,13 +285,3 @@ class BiLevelTrainer(Trainer):
                 item[Keys.LOSS] = {"loss_lower": float(item[Keys.LOSS]), "loss_upper": float(item.pop("loss_upper"))}
             else:
                 item[Keys.LOSS] = {"loss_joint": float(item[Keys.LOSS])}
-
-
-class SingleLevelTrainer(BiLevelTrainer):
-    """The baseline: the same parameters (LoRA, heads, prompt) trained jointly on all shots, one step per batch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("upper_data_loader") is not None:
-            raise ValueError("SingleLevelTrainer trains on one loader; pass no upper_data_loader")
-        kwargs["upper_data_loader"] = None
-        super().__init__(*args, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -13,8 +12,8 @@ import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
 from blosam_med.inference.predictor import Predictor, default_batch_size
-from blosam_med.io import atomic_write
-from blosam_med.metrics import evaluate_cases
+from blosam_med.io import write_json
+from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
@@ -73,7 +72,7 @@ def evaluate_adapter(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
-    nsd_tolerance_mm: float = 2.0,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     out: str | Path | None = None,
     overwrite: bool = False,
     model: BloSam | None = None,
@@ -122,5 +121,5 @@ def evaluate_adapter(
         **result,
     }
     if out is not None:
-        atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)), overwrite=overwrite)
+        write_json(out, result, overwrite=overwrite)
     return result

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from blosam_med import __version__
 from blosam_med.io import atomic_write
 
 __all__ = [
@@ -150,7 +151,7 @@ def write_dicom_seg(
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
         pixels = masks.transpose(3, 2, 1, 0)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence, version="0.1.0"
+        name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence, version=__version__
     )
     descriptions = [
         hd.seg.SegmentDescription(
@@ -174,7 +175,7 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="blosam_med",
         manufacturer_model_name="BLO-SAM",
-        software_versions="0.1.0",
+        software_versions=__version__,
         device_serial_number="0",
         series_description="BLO-SAM segmentation",
         omit_empty_frames=False,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from blosam_med.io import atomic_write
+from blosam_med.io import atomic_write, write_json
 from blosam_med.study.config import StudyConfig
 
 __all__ = ["collect_results", "aggregate", "paired_differences", "write_report"]
@@ -289,7 +289,5 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
             if task in ctx.test_samples and _plot_overlays(config, ctx, task, folder / f"overlays_{task}.png"):
                 files.append(folder / f"overlays_{task}.png")
     summary = {**totals, "aggregate": agg, "paired": pairs}
-    files.append(
-        atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=True)
-    )
+    files.append(write_json(folder / "summary.json", summary, overwrite=True))
     return {**totals, "files": [str(f) for f in files], "table": md}

@@ -18,7 +18,7 @@ from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, 
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import group_volumes
 from blosam_med.inference.predictor import Predictor
-from blosam_med.io import atomic_write
+from blosam_med.io import write_json
 from blosam_med.metrics import evaluate_cases
 from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
@@ -215,10 +215,6 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
     return result, masks
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)), overwrite=True)
-
-
 def run_study(
     config: StudyConfig,
     device: str | torch.device = "cpu",
@@ -273,7 +269,7 @@ def run_study(
             wall_seconds=round(time.perf_counter() - wall, 2),
             cpu_seconds=round(time.process_time() - cpu, 2),
         )
-        _write_json(folder / RESULT_FILE, result)
+        write_json(folder / RESULT_FILE, result, overwrite=True)
         summary["done"].append(cell.id)
         if tracker:
             tracker.log_cell(cell, result, folder)

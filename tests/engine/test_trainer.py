@@ -7,7 +7,7 @@ from monai.handlers import StatsHandler, from_engine
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
-from blosam_med.engine import BiLevelTrainer, SingleLevelTrainer, TrainableState, bilevel_param_groups
+from blosam_med.engine import BiLevelTrainer, TrainableState, bilevel_param_groups
 from blosam_med.model import BloSam
 
 
@@ -33,14 +33,14 @@ def _loader(n, shape, seed):
     return DataLoader(Dataset(data), batch_size=2, shuffle=False)
 
 
-def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
+def _trainer(tiny_backbone, bilevel=True, **kw):
     model = BloSam(tiny_backbone)
-    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2))
+    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
     loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
     shape = tiny_backbone.embedding_shape
-    if cls is BiLevelTrainer:
+    if bilevel:
         kw.setdefault("upper_data_loader", _loader(2, shape, 1))
-    trainer = cls(
+    trainer = BiLevelTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_loader(2, shape, 0),
@@ -72,7 +72,7 @@ def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone,
 
 
 def test_single_level_moves_everything_in_one_step(tiny_backbone):
-    trainer, _model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
+    trainer, _model, opt = _trainer(tiny_backbone, bilevel=False)  # no subset B: single-level
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
