@@ -208,6 +208,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--tracking",
+        action="store_true",
+        help="log the mean metrics and the result into the MLflow run that trained the adapter (as evaluate.yaml)",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite beside the adapter)")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -215,6 +221,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from blosam_med.data import load_task
     from blosam_med.inference import evaluate_adapter
     from blosam_med.io import check_writable
+    from blosam_med.tracking import sqlite_uri
 
     check_writable(args.out, args.overwrite)
     result = evaluate_adapter(
@@ -228,6 +235,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         **({} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}),
         out=args.out,
         overwrite=args.overwrite,
+        tracking_uri=(args.tracking_uri or sqlite_uri(Path(args.adapter).parent)) if args.tracking else None,
     )
     print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))
     return 0

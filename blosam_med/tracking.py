@@ -40,8 +40,9 @@ def _sqlite_missing(uri: str) -> bool:
     return parsed.scheme == "sqlite" and not Path(unquote(parsed.path)).is_file()
 
 
-def find_run(tracking_uri: str, experiment_name: str, run_name: str) -> Any | None:
-    """The most recent run named ``run_name`` in ``experiment_name``; ``None`` when tracking was never on."""
+def find_run(tracking_uri: str, experiment_name: str, run_name: str, status: str | None = None) -> Any | None:
+    """The most recent run named ``run_name`` in ``experiment_name`` (with ``status``, e.g. ``"RUNNING"``, when
+    given); ``None`` when there is none or tracking was never on."""
     if _sqlite_missing(tracking_uri):
         return None
     from mlflow.tracking import MlflowClient
@@ -52,7 +53,8 @@ def find_run(tracking_uri: str, experiment_name: str, run_name: str) -> Any | No
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.mlflow.runName = '{run_name}'",
+        filter_string=f"tags.mlflow.runName = '{run_name}'"
+        + (f" and attributes.status = '{status}'" if status else ""),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

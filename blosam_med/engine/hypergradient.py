@@ -37,23 +37,30 @@ def _local(grads: list) -> list:
     return grads
 
 
+def _nothing() -> None:
+    """The default ``on_loss``."""
+
+
 def first_order_hypergradient(
     model: BloSam,
     loss_fn: Loss,
     batch_b: tuple[torch.Tensor, torch.Tensor],
     *,
     reduce: Reduce = _local,
+    on_loss: Callable[[], None] = _nothing,
     **_: object,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the B loss with respect to the prompt at the current lower weights.
 
-    ``reduce`` averages the gradients over processes in place (see the module docstring).
+    ``reduce`` averages the gradients over processes in place (see the module docstring); ``on_loss`` is called once
+    the B loss is computed (the trainer fires ``BiLevelEvents.UPPER_FORWARD_COMPLETED`` there).
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss, detached).
     """
     emb_b, y_b = batch_b
     loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
+    on_loss()
     grads = list(torch.autograd.grad(loss_b, model.upper_parameters()))
     reduce(grads)
     return grads, loss_b.detach()
@@ -74,10 +81,12 @@ def second_order_hypergradient(
     xi: float,
     eps: float = 0.01,
     reduce: Reduce = _local,
+    on_loss: Callable[[], None] = _nothing,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DARTS second-order hypergradient: one virtual SGD step of the lower level on ``batch_a`` with step ``xi``,
     the B loss at the stepped weights, and a finite-difference Hessian-vector product (3 extra forward/backward
-    passes, no second derivatives). ``reduce`` averages each gradient over processes before use (module docstring).
+    passes, no second derivatives). ``reduce`` averages each gradient over processes before use (module docstring);
+    ``on_loss`` is called once the B loss at the stepped weights is computed.
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss at the virtual weights, detached).
@@ -96,6 +105,7 @@ def second_order_hypergradient(
         # w' (virtual step)
         _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a, strict=True)])
         loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
+        on_loss()
         grads = list(torch.autograd.grad(loss_b, lower + upper, allow_unused=True))
         reduce(grads)
         v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower, strict=True)]

@@ -14,6 +14,7 @@ from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
 from blosam_med import distributed as dist_utils
+from blosam_med.engine.events import BiLevelEvents
 from blosam_med.engine.hypergradient import HYPERGRADIENTS
 from blosam_med.model.blosam import BloSam
 from blosam_med.variants import check_name
@@ -70,7 +71,9 @@ class BiLevelTrainer(Trainer):
        :mod:`blosam_med.engine.hypergradient`), applied to the prompt only.
 
     Without ``upper_data_loader`` it is the single-level baseline: one joint step of all trained parameters per
-    batch. The usual engine events fire, so MONAI handlers work unchanged. After decollation every output item
+    batch. The usual engine events fire, so MONAI handlers work unchanged; inside an iteration the trainer fires
+    :class:`~blosam_med.engine.events.BiLevelEvents` (lower forward/backward completed, then upper forward/backward
+    completed) before ``IterationEvents.MODEL_COMPLETED``. After decollation every output item
     carries ``"loss"`` as a dict of floats (``loss_lower``, ``loss_upper``; ``loss_joint`` single-level), which
     ``from_engine(["loss"], first=True)`` hands to StatsHandler and MLFlowHandler as one metric per key.
 
@@ -164,6 +167,7 @@ class BiLevelTrainer(Trainer):
         self.optim_set_to_none = optim_set_to_none
         self._upper_iter: Any = None
         self._check_groups()
+        self.register_events(*BiLevelEvents)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_sampler_epochs)
         if distributed:
             self.add_event_handler(Events.STARTED, self._broadcast_parameters)
@@ -242,12 +246,11 @@ class BiLevelTrainer(Trainer):
         with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
             logits = engine.network.forward_embeddings(x_a)
             loss_a = engine.loss_function(logits, y_a)
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine.fire_event(BiLevelEvents.LOWER_FORWARD_COMPLETED)
         engine._backward(loss_a)
         stepped = lower + upper if not engine.bilevel else lower
         engine._average([p.grad for p in stepped])
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.fire_event(BiLevelEvents.LOWER_BACKWARD_COMPLETED)
         engine._step(stepped)
         output: dict[str, Any] = {
             Keys.PRED: logits.detach(),
@@ -268,7 +271,9 @@ class BiLevelTrainer(Trainer):
                 xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(),
                 eps=engine.fd_epsilon,
                 reduce=engine._average,
+                on_loss=lambda: engine.fire_event(BiLevelEvents.UPPER_FORWARD_COMPLETED),
             )
+            engine.fire_event(BiLevelEvents.UPPER_BACKWARD_COMPLETED)
             engine.optimizer.zero_grad(set_to_none=True)
             for p, g in zip(upper, grads, strict=True):
                 p.grad = g.detach()

@@ -16,10 +16,9 @@ import torch
 
 from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.engine.fewshot import draw_shot_samples
-from blosam_med.inference.evaluate import group_volumes
+from blosam_med.inference.evaluate import score_predictions
 from blosam_med.inference.predictor import Predictor
 from blosam_med.io import write_json
-from blosam_med.metrics import evaluate_cases
 from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
@@ -134,28 +133,6 @@ def _key(sample: dict) -> tuple[str, Any]:
     return sample["image_path"], sample.get("slice")
 
 
-def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = False) -> dict[str, Any]:
-    """Metrics per case: per image, or per volume (slices put back), or with ``per_sample`` per 2D sample."""
-    if per_sample:
-        cases = [
-            {
-                "case": f"{Path(s['image_path']).name}#{s.get('slice')}",
-                "pred": m[0].numpy(),
-                "label": s["label"][0].numpy(),
-                "spacing": tuple(float(v) for v in s["spacing"]),
-            }
-            for s, m in zip(samples, masks, strict=True)
-        ]
-    else:
-        cases = group_volumes(samples, masks)
-    return evaluate_cases(
-        [c["pred"] for c in cases],
-        [c["label"] for c in cases],
-        [c["spacing"] for c in cases],
-        [c["case"] for c in cases],
-    )
-
-
 def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
     """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs)."""
     config = ctx.config
@@ -208,9 +185,9 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         predictor = Predictor([network], ctx.cache, ctx.device, 1)
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     masks = predict(samples)
-    result = {**_score(samples, masks), **extra}
+    result = {**score_predictions(samples, masks), **extra}
     if dev:
-        scored = _score(dev, predict(dev), per_sample=True)
+        scored = score_predictions(dev, predict(dev), per_sample=True)
         result["dev"] = {"mean": scored["mean"], "cases": scored["cases"]}
     return result, masks
 

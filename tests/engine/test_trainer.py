@@ -3,11 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import Dataset
+from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler, from_engine
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
-from blosam_med.engine import BiLevelTrainer, TrainableState, bilevel_param_groups
+from blosam_med.engine import BiLevelEvents, BiLevelTrainer, TrainableState, bilevel_param_groups
 from blosam_med.model import BloSam
 
 
@@ -80,6 +81,20 @@ def test_single_level_moves_everything_in_one_step(tiny_backbone):
     step = _changed(initial, opt.snapshots[0])
     assert any(step[:n_lower]) and all(step[n_lower:])
     assert set(trainer.state.output[0]["loss"]) == {"loss_joint"}
+
+
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_bilevel_events_fire_in_step_order(tiny_backbone, bilevel):
+    trainer, _, _ = _trainer(tiny_backbone, bilevel=bilevel)
+    fired = []
+    for event in BiLevelEvents:
+        trainer.add_event_handler(event, lambda _, e=event: fired.append(e.value))
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: fired.append("model_completed"))
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda _: fired.append("forward_completed"))
+    trainer.run()  # one iteration
+    lower = ["lower_forward_completed", "lower_backward_completed"]
+    upper = ["upper_forward_completed", "upper_backward_completed"] if bilevel else []
+    assert fired == [*lower, *upper, "model_completed"]
 
 
 def test_stats_handler_reads_both_losses(tiny_backbone, capsys):
