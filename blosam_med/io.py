@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["OutputExistsError", "atomic_path", "atomic_write", "check_writable"]
+__all__ = ["OutputExistsError", "atomic_path", "atomic_write", "check_writable", "write_json"]
 
 
 class OutputExistsError(FileExistsError):
@@ -34,9 +36,9 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]))
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]))
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
@@ -50,6 +52,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], overwrite: b
     with atomic_path(path, overwrite) as tmp:
         write(tmp)
     return Path(path)
+
+
+def write_json(path: str | Path, data: Any, *, overwrite: bool = False) -> Path:
+    """``data`` as indented JSON at ``path``, written atomically; values JSON cannot hold are written as ``str()``."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str) + "\n"), overwrite)
 
 
 def _umask() -> int:

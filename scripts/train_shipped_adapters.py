@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 from blosam_med.cli import main as blosam
@@ -243,11 +244,9 @@ def main() -> int:
             )
             dest = SHIPPED_DIR / task
             dest.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                dest / "adapter.pt", lambda tmp: shutil.copyfile(out / "adapter.pt", tmp), overwrite=args.overwrite
-            )
-            atomic_write(dest / "MODEL_CARD.md", lambda tmp: tmp.write_text(card), overwrite=args.overwrite)
-            atomic_write(dest / "test_metrics.json", lambda tmp: shutil.copyfile(scores, tmp), overwrite=args.overwrite)
+            atomic_write(dest / "adapter.pt", partial(shutil.copyfile, out / "adapter.pt"), overwrite=args.overwrite)
+            atomic_write(dest / "MODEL_CARD.md", partial(Path.write_text, data=card), overwrite=args.overwrite)
+            atomic_write(dest / "test_metrics.json", partial(shutil.copyfile, scores), overwrite=args.overwrite)
             print(f"installed {dest}")
     return 0
 

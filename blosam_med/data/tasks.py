@@ -103,7 +103,7 @@ class TaskConfig:
     @property
     def foreground_values(self) -> tuple[int, ...] | None:
         """The foreground label values, or ``None`` when every non-zero value counts."""
-        return None if self.label_values == NONZERO else tuple(self.label_values)
+        return None if isinstance(self.label_values, str) else tuple(self.label_values)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskConfig:

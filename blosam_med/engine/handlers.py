@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver, MLFlowHandler
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from blosam_med.io import OutputExistsError, atomic_write
+from blosam_med.io import OutputExistsError, write_json
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import save_adapter
+from blosam_med.tracking import find_run, flatten_params
 
 __all__ = ["RunRecorder", "KeepBestState", "attach_resume", "check_output_dir", "latest_checkpoint", "flatten_params"]
 
@@ -45,32 +46,14 @@ def attach_resume(trainer: Engine, saver: CheckpointSaver) -> CheckpointLoader:
     """Load the newest checkpoint ``saver`` wrote (trainer state, trained tensors, optimizer, scheduler) when
     ``trainer`` starts, so the run continues where it stopped."""
     folder = saver.save_dir
-    loader = CheckpointLoader(load_path=latest_checkpoint(folder), load_dict=saver.save_dict, map_location="cpu")
+    loader = CheckpointLoader(
+        load_path=latest_checkpoint(folder),
+        load_dict=saver.save_dict,
+        map_location="cpu",  # type: ignore[arg-type]  # torch.load accepts a device string
+    )
     loader.attach(trainer)
     logger.info("resuming from %s", loader.load_path)
     return loader
-
-
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config values as flat MLflow params (``task.window``); lists become their JSON text."""
-    flat: dict[str, str] = {}
-    for k, v in params.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            flat.update(flatten_params(v, name + "."))
-        else:
-            flat[name] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
-    return flat
-
-
-def _mlflow_run(engine: Engine) -> tuple[Any, str] | None:
-    """The (client, run id) of an MLFlowHandler attached to ``engine`` (``--tracking mlflow``), if any."""
-    for handlers in engine._event_handlers.values():
-        for func, *_ in handlers:
-            owner = getattr(func, "__self__", None)
-            if isinstance(owner, MLFlowHandler) and owner.cur_run is not None:
-                return owner.client, owner.cur_run.info.run_id
-    return None
 
 
 class RunRecorder:
@@ -86,6 +69,9 @@ class RunRecorder:
         params: hyper-parameters to log (nested dicts are flattened).
         validator: the evaluator whose final metrics go into ``metrics.json``.
         extra: more metadata stored in the adapter (task preset...).
+        tracking_uri, experiment_name, run_name: where MONAI's ``MLFlowHandler`` tracks this run (the bundle's ids
+            of the same names); the recorder logs into that run while it is ``RUNNING``, found through MLflow's
+            search API, and logs nothing when tracking is off.
     """
 
     def __init__(
@@ -96,10 +82,14 @@ class RunRecorder:
         params: Mapping[str, Any] | None = None,
         validator: Engine | None = None,
         extra: Mapping[str, Any] | None = None,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
     ) -> None:
         self.network, self.output_dir = network, Path(output_dir)
         self.draw, self.params = dict(draw), dict(params or {})
         self.validator, self.extra = validator, dict(extra or {})
+        self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
         self._started = 0.0
 
     def attach(self, engine: Engine) -> None:
@@ -112,8 +102,19 @@ class RunRecorder:
         if self.params:
             logger.info("run params: %s", json.dumps(self.params, default=str))
 
+    def mlflow_run(self) -> tuple[Any, str] | None:
+        """(client, run id) of this run's MLflow run while it is tracked (``RUNNING``), else ``None``."""
+        if not (self.tracking_uri and self.experiment_name and self.run_name):
+            return None
+        run = find_run(self.tracking_uri, self.experiment_name, self.run_name, status="RUNNING")
+        if run is None:
+            return None
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri), run.info.run_id
+
     def log_inputs(self, engine: Engine) -> None:
-        run = _mlflow_run(engine)
+        run = self.mlflow_run()
         if run is not None:
             client, run_id = run
             params = flatten_params(self.params)
@@ -126,7 +127,7 @@ class RunRecorder:
     def completed(self, engine: Engine) -> None:
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        last = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else {}
+        last: dict[str, float] = engine.state.output[0]["loss"] if isinstance(engine.state.output, list) else {}
         metrics = {
             "iterations": engine.state.iteration,
             "epochs": engine.state.epoch,
@@ -142,11 +143,9 @@ class RunRecorder:
             overwrite=True,
             extra={**self.extra, "draw": self.draw, "params": self.params},
         )
-        atomic_write(
-            out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=1, default=str)), overwrite=True
-        )
+        write_json(out / "metrics.json", metrics, overwrite=True)
         logger.info("wrote %s and %s", adapter, out / "metrics.json")
-        run = _mlflow_run(engine)
+        run = self.mlflow_run()
         if run is not None:
             client, run_id = run
             client.log_artifact(run_id, str(adapter))

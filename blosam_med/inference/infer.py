@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import (
+    IMAGE_EXT,
     TaskConfig,
     case_id,
     image_kind,
@@ -81,14 +82,20 @@ class CasePrediction:
         maps = [_label_map(self.masks(i)) for i in range(len(self.logits))]
         if self.kind == "2d":
             return maps[0]
-        return slices_to_volume([m[None] for m in maps], self.slices, self.source)[0].numpy()
+        return slices_to_volume([m[None] for m in maps], *self.geometry())[0].numpy()
 
     def probabilities(self) -> np.ndarray:
         """float32 sigmoid probabilities, (n, H, W) for 2D or (n, X, Y, Z) for volumes."""
         probs = [torch.sigmoid(lg) for lg in self.logits]
         if self.kind == "2d":
             return probs[0].numpy()
-        return slices_to_volume(probs, self.slices, self.source).numpy()
+        return slices_to_volume(probs, *self.geometry()).numpy()
+
+    def geometry(self) -> tuple[list[int], dict[str, Any]]:
+        """A volume's slice indices and ``source`` (shape, axis, affines); ValueError for a 2D prediction."""
+        if self.source is None or any(i is None for i in self.slices):
+            raise ValueError(f"{self.image_path}: a 2D prediction has no volume geometry")
+        return [int(i) for i in self.slices if i is not None], self.source
 
 
 def _label_map(masks: torch.Tensor) -> np.ndarray:
@@ -114,12 +121,12 @@ def load_adapters(
     payloads = [read_adapter(p) for p in paths]
     names = {p["backbone"] for p in payloads}
     if len(names) > 1:
-        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads))
+        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads, strict=True))
         raise ValueError(f"adapters of different backbones cannot share an encoder pass: {listed}")
-    tasks = [TaskConfig.from_dict(p["extra"]["task"]) if "task" in p.get("extra", {}) else None for p in payloads]
-    if any(t is None for t in tasks):
-        missing = [str(p) for p, t in zip(paths, tasks) if t is None]
+    missing = [str(path) for path, p in zip(paths, payloads, strict=True) if "task" not in p.get("extra", {})]
+    if missing:
         raise ValueError(f"{', '.join(missing)}: adapter stores no task preset")
+    tasks = [TaskConfig.from_dict(p["extra"]["task"]) for p in payloads]
     prep = {(t.window, t.width, t.level, t.channels) for t in tasks}
     if len(prep) > 1:
         raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
@@ -149,9 +156,7 @@ def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str,
             child = child / "dicom" if (child / "dicom").is_dir() else child
             if not _is_series(child):
                 continue
-        elif not child.name.lower().endswith(
-            (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm")
-        ) and not is_dicom_file(child):
+        elif not child.name.lower().endswith(IMAGE_EXT) and not is_dicom_file(child):
             continue
         entries.append({"image": str(child), "case": case})
     if not entries:
@@ -243,12 +248,12 @@ def write_case(
         if "dicom-seg" in names:
             write_dicom_seg(_split(labels_map, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
     else:
-        src = pred.source
+        indices, src = pred.geometry()
         volume, affine = to_source_grid(labels_map, src["affine"], src["original_affine"])
         if "nifti" in names:
             write_nifti(volume, affine, names["nifti"], overwrite)
         if "overlay" in names:
-            order = np.argsort(pred.slices)
+            order = np.argsort(indices)
             maps = [_label_map(pred.masks(i)) for i in order]
             write_montage(
                 [pred.images[i].numpy() for i in order],

@@ -73,9 +73,11 @@ class Predictor:
             with autocast(self.device, self.amp_dtype):
                 per_model = [m.forward_embeddings(emb).float() for m in self.models]  # each (b, 1, h, w)
             for i, im in enumerate(chunk):
-                size = tuple(im.shape[-2:])
+                size = (im.shape[-2], im.shape[-1])
                 out.append(
-                    torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu()
+                    torch.cat(
+                        [m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model, strict=True)]
+                    ).cpu()
                 )
         return out
 

@@ -10,9 +10,12 @@ from typing import Any
 
 import yaml
 
+from blosam_med.variants import check_variant_options
+
 __all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
 
-#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``;
+#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``
+#: (``method``, ``hypergradient`` and ``roles`` there are checked against :mod:`blosam_med.variants` on load);
 #: ``zero_shot``: the backbone untrained, prompt-free with its default no-mask embedding;
 #: ``box_prompt``: the backbone prompted with the ground-truth box of every connected component (an oracle);
 #: ``unet``: a MONAI network trained from scratch on the same shots.
@@ -131,9 +134,12 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         kind = spec.pop("kind", None)
         if kind not in METHOD_KINDS:
             raise ValueError(f"{path}: study.methods.{name}.kind must be one of {METHOD_KINDS}, got {kind!r}")
+        if kind == "bundle":
+            check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
+    check_variant_options(cfg.get("train") or {}, f"{path}: study.train.")
     tasks = {
         t: dict(v or {})
         for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict) else ((t, {}) for t in cfg["tasks"]))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from blosam_med.io import atomic_write
+from blosam_med.io import atomic_write, write_json
 from blosam_med.study.config import StudyConfig
 
 __all__ = ["collect_results", "aggregate", "paired_differences", "write_report"]
@@ -221,7 +221,7 @@ def _plot_dice(config: StudyConfig, agg: list[dict], path: Path) -> None:
 
     tasks = list(config.tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         for m in config.methods:
             pts = [a for a in agg if a["task"] == task and a["method"] == m.name]
             if not pts:
@@ -339,7 +339,5 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
             if task in ctx.test_samples and _plot_overlays(config, ctx, task, folder / f"overlays_{task}.png"):
                 files.append(folder / f"overlays_{task}.png")
     summary = {**totals, "aggregate": agg, "paired": pairs, "collapsed": [r["cell"] for r in rows if collapsed(r)]}
-    files.append(
-        atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=True)
-    )
+    files.append(write_json(folder / "summary.json", summary, overwrite=True))
     return {**totals, "files": [str(f) for f in files], "table": md}

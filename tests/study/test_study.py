@@ -92,7 +92,7 @@ def test_load_study_rejects_bad_configs(tmp_path):
                     "tasks": ["polyp"],
                     "shots": [2],
                     "seeds": [0],
-                    "methods": {"m": {"kind": "bundle", "baseline": "singel"}},
+                    "methods": {"m": {"kind": "bundle", "baseline": "singel"}},  # codespell:ignore singel
                 }
             }
         )
