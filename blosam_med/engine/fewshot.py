@@ -76,12 +76,16 @@ def augmentation() -> Compose:
     )
 
 
-def _views(sample: dict, views: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """View 0 is the sample itself; views 1..K are seeded augmentations (the same on every run)."""
+def _views(sample: dict, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """View 0 is the sample itself; views 1..K are seeded augmentations.
+
+    View ``k`` of an image depends on ``(k, case, slice)`` only, not on the draw's seed nor on the other shots, so
+    its embedding is encoded once and reused by every draw (and every run) that picks the image.
+    """
     out = [(torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]))]
     aug = augmentation()
     for k in range(1, views + 1):
-        aug.set_random_state(seed=int(np.random.SeedSequence([seed, k, hash_case(sample)]).generate_state(1)[0]))
+        aug.set_random_state(seed=int(np.random.SeedSequence([k, hash_case(sample)]).generate_state(1)[0]))
         d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
         out.append(
             (torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8))
@@ -220,7 +224,7 @@ class FewShotData:
         )
 
     def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
-        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views, self.seed))]
+        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views))]
         if not pairs:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")

@@ -17,7 +17,7 @@ from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import save_adapter
 from blosam_med.tracking import find_run, flatten_params
 
-__all__ = ["RunRecorder", "attach_resume", "check_output_dir", "latest_checkpoint", "flatten_params"]
+__all__ = ["RunRecorder", "KeepBestState", "attach_resume", "check_output_dir", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +150,50 @@ class RunRecorder:
             client, run_id = run
             client.log_artifact(run_id, str(adapter))
             client.log_artifact(run_id, str(out / "metrics.json"))
+
+
+class KeepBestState:
+    """Selection on the validation data (BLO-SAM's choice of the epoch with the best Dice on subset B): after every
+    validation round the trained tensors of the best round so far are kept, and when training completes they are put
+    back into ``network``, so the adapter written at completion is the selected one. A later round that ties the best
+    replaces it. Attach it before :class:`RunRecorder`. Its ``state_dict`` goes into training checkpoints, so a
+    resumed run keeps the selection made before the interruption.
+
+    Args:
+        network: the model being trained.
+        validator: the evaluator run by ``ValidationHandler``; its key metric decides.
+        enabled: ``False`` makes the handler a no-op (the last iteration's tensors are kept), so configs can switch it.
+    """
+
+    def __init__(self, network: BloSam, validator: Engine, enabled: bool = True) -> None:
+        self.network, self.validator, self.enabled = network, validator, enabled
+        self.best_metric = -float("inf")
+        self.best_epoch = 0
+        self.best_state: dict[str, Any] | None = None
+        self._trainer: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        self._trainer = engine
+        self.validator.add_event_handler(Events.COMPLETED, self.record)
+        engine.add_event_handler(Events.COMPLETED, self.restore)
+
+    def record(self, validator: Engine) -> None:
+        name = validator.state.key_metric_name  # type: ignore[attr-defined]
+        value = float(validator.state.metrics[name])
+        if value >= self.best_metric:
+            self.best_metric, self.best_state = value, self.network.trainable_state_dict()
+            self.best_epoch = self._trainer.state.epoch if self._trainer is not None else 0
+
+    def restore(self, engine: Engine) -> None:
+        if self.best_state is not None:
+            self.network.load_trainable_state_dict(self.best_state, "best validation state")
+            logger.info("kept the trained tensors of epoch %d (validation %.4f)", self.best_epoch, self.best_metric)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "best_state": self.best_state or {}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+        self.best_state = dict(state["best_state"]) or None

@@ -22,7 +22,8 @@ from blosam_med.data import (
     open_datalist,
     slices_to_volume,
 )
-from blosam_med.inference.predictor import Predictor, default_batch_size
+from blosam_med.inference.postprocess import mask_postprocess
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -69,11 +70,16 @@ class CasePrediction:
     source: dict[str, Any] | None = None
     spacing: tuple[float, ...] = (1.0, 1.0)
     extra: dict[str, Any] = field(default_factory=dict)
+    postprocess: list[Any] | None = None  # per adapter, see Predictor
+
+    def masks(self, index: int) -> torch.Tensor:
+        """(n_adapters, H, W) uint8 masks of slice ``index``, post-processed as each adapter's task says."""
+        return binary_masks(self.logits[index], self.postprocess or [None] * len(self.logits[index]))
 
     def label_map(self) -> np.ndarray:
         """uint8 label map: 0 background, i+1 where adapter i predicts foreground (later adapters win overlaps);
         (H, W) for 2D, (X, Y, Z) on the RAS grid for volumes."""
-        maps = [_label_map(lg) for lg in self.logits]
+        maps = [_label_map(self.masks(i)) for i in range(len(self.logits))]
         if self.kind == "2d":
             return maps[0]
         return slices_to_volume([m[None] for m in maps], *self.geometry())[0].numpy()
@@ -92,15 +98,20 @@ class CasePrediction:
         return [int(i) for i in self.slices if i is not None], self.source
 
 
-def _label_map(logits: torch.Tensor) -> np.ndarray:
-    out = np.zeros(logits.shape[-2:], np.uint8)
-    for i, lg in enumerate(logits):
-        out[(lg > 0).numpy()] = i + 1
+def _label_map(masks: torch.Tensor) -> np.ndarray:
+    out = np.zeros(masks.shape[-2:], np.uint8)
+    for i, m in enumerate(masks):
+        out[m.numpy() > 0] = i + 1
     return out
 
 
-def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = None) -> tuple[list[BloSam], TaskConfig]:
+def load_adapters(
+    paths: Sequence[str | Path], checkpoint: str | Path | None = None
+) -> tuple[list[BloSam], TaskConfig, list[Any]]:
     """Load adapters that share one backbone (built once) and one input preparation (window, channels).
+
+    Returns the models, the (first adapter's) task preset that prepares the inputs, and per adapter the mask
+    post-processing its own task preset asks for (``None`` when none).
 
     Raises:
         ValueError: adapters of different backbones or different windowing, naming the files.
@@ -121,7 +132,7 @@ def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = N
         raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
     backbone: Backbone = build_backbone(names.pop(), checkpoint)
     models = [load_adapter(p, backbone)[0] for p in paths]
-    return models, tasks[0]
+    return models, tasks[0], [mask_postprocess(t.keep_components, t.fill_holes) for t in tasks]
 
 
 def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
@@ -181,6 +192,7 @@ def predict_case(
         slices=[s["slice"] for s in samples],
         source=first.get("source"),
         spacing=tuple(first["spacing"]),
+        postprocess=predictor.postprocess,
     )
 
 
@@ -242,7 +254,7 @@ def write_case(
             write_nifti(volume, affine, names["nifti"], overwrite)
         if "overlay" in names:
             order = np.argsort(indices)
-            maps = [_label_map(pred.logits[i]) for i in order]
+            maps = [_label_map(pred.masks(i)) for i in order]
             write_montage(
                 [pred.images[i].numpy() for i in order],
                 [_split(m, len(labels)) for m in maps],
@@ -310,13 +322,15 @@ def run_inference(
         raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device}); on the CPU inference runs in float32")
     amp_dtype = AMP_DTYPES[amp] if amp else None
     batch_size = batch_size or default_batch_size(device)
-    models, task = load_adapters(adapters, checkpoint)
+    models, task, postprocess = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
     entries = collect_inputs(input, split)
     cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype)
-    predictor = Predictor(models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+    predictor = Predictor(
+        models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, postprocess=postprocess
+    )
 
     def run_case(entry: dict, claim: Callable[[dict[str, Path]], None]) -> dict[str, Any]:
         pred = predict_case(entry, task, predictor, axis, progress=False)

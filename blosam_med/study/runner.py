@@ -17,6 +17,7 @@ import torch
 from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import score_predictions
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor
 from blosam_med.io import write_json
 from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
@@ -92,6 +93,7 @@ class StudyContext:
     presets: dict[str, TaskConfig] = field(default_factory=dict)
     datalists: dict[str, dict] = field(default_factory=dict)
     test_samples: dict[str, list[dict]] = field(default_factory=dict)
+    eval_samples: dict[str, list[dict]] = field(default_factory=dict)
     dev_samples: dict[str, list[dict]] = field(default_factory=dict)
 
     def setup(self, task: str) -> None:
@@ -106,6 +108,7 @@ class StudyContext:
             self.test_samples[task] = load_samples(
                 self.datalists[task]["test"], self.presets[task], foreground_only=False, every_n=1
             )
+            self.eval_samples[task] = eval_samples(self.config, task, self.presets[task])
             self.dev_samples[task] = dev_samples(
                 self.datalists[task]["training"], self.presets[task], self.config.dev_size
             )
@@ -115,6 +118,19 @@ class StudyContext:
         fg = [i for i, s in enumerate(self.test_samples[task]) if s["label"].any()]
         n = min(self.config.overlays, len(fg))
         return [fg[round(j)] for j in np.linspace(0, len(fg) - 1, n)] if n else []
+
+
+def eval_samples(config: StudyConfig, task: str, preset: TaskConfig) -> list[dict]:
+    """Every pair of the task's evaluation pool (``study.tasks.<task>.eval``, a folder under ``data_root``), or
+    none. The pool is disjoint from the folder the shots are drawn from; cells are scored on it."""
+    folder = config.tasks[task].get("eval")
+    if not folder:
+        return []
+    path = Path(folder) if Path(folder).is_absolute() else config.data_root / folder
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: evaluation pool of task '{task}' not found")
+    pool = open_datalist(path, test_fraction=0.0)
+    return load_samples([it for section in pool.values() for it in section], preset)
 
 
 def dev_samples(items: list[dict], task: TaskConfig, size: int) -> list[dict]:
@@ -182,14 +198,29 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         predict = lambda xs: unet.masks([s["image"] for s in xs])
     else:
         network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
-        predictor = Predictor([network], ctx.cache, ctx.device, 1)
+        post = [mask_postprocess(task.keep_components, task.fill_holes)]  # what `blosam infer` applies
+        predictor = Predictor([network], ctx.cache, ctx.device, 1, postprocess=post)
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     masks = predict(samples)
     result = {**score_predictions(samples, masks), **extra}
+    pool = ctx.eval_samples[cell.task]
+    if pool:  # the pool scores the cell; the test split is kept aside under "test"
+        test = {k: result.pop(k) for k in ("cases", "mean", "counts")}
+        pool_masks = predict(pool)
+        result = {**score_predictions(pool, pool_masks), "test": test, **result}
+        np.savez_compressed(folder / "eval_masks.npz", **_packed(pool_masks))  # type: ignore[arg-type]
     if dev:
         scored = score_predictions(dev, predict(dev), per_sample=True)
         result["dev"] = {"mean": scored["mean"], "cases": scored["cases"]}
     return result, masks
+
+
+def _packed(masks: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Binary masks as bit-packed arrays with their shapes, for re-scoring (e.g. post-processing) without a rerun."""
+    return {
+        **{f"m{i}": np.packbits(m.numpy().astype(bool)) for i, m in enumerate(masks)},
+        "shapes": np.array([tuple(m.shape) for m in masks]),
+    }
 
 
 def run_study(
