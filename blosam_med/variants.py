@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["METHODS", "HYPERGRADIENTS", "ROLES", "REGISTRIES", "TrainingVariant", "check_name", "check_variant_options"]
+__all__ = [
+    "METHODS",
+    "HYPERGRADIENTS",
+    "ROLES",
+    "PROMPT_INITS",
+    "REGISTRIES",
+    "TrainingVariant",
+    "check_name",
+    "check_variant_options",
+]
 
 #: Training methods: ``blosam`` (bi-level: subset A trains LoRA and the decoder heads, subset B the prompt) and
 #: ``single`` (single-level baseline: every trained parameter on all shots, one joint step per batch).
@@ -34,8 +43,19 @@ HYPERGRADIENTS: Mapping[str, str] = {
     "second_order": "DARTS: through one virtual lower step, finite-difference Hessian-vector product",
 }
 
+#: Initial prompts of the upper level (``BloSam(prompt_init=...)``).
+PROMPT_INITS: Mapping[str, str] = {
+    "no_mask": "the dense no-mask embedding only (the paper)",
+    "box": "also two sparse tokens of a whole-frame box, learned",
+}
+
 #: Registry of each variant option, by the bundle id that selects it.
-REGISTRIES: Mapping[str, Mapping[str, Any]] = {"method": METHODS, "hypergradient": HYPERGRADIENTS, "roles": ROLES}
+REGISTRIES: Mapping[str, Mapping[str, Any]] = {
+    "method": METHODS,
+    "hypergradient": HYPERGRADIENTS,
+    "roles": ROLES,
+    "prompt_init": PROMPT_INITS,
+}
 
 
 def check_name(option: str, name: Any, where: str = "") -> str:
@@ -69,7 +89,7 @@ class TrainingVariant:
     roles: str
 
     def __post_init__(self) -> None:
-        for option in REGISTRIES:
+        for option in ("method", "hypergradient", "roles"):
             check_name(option, getattr(self, option))
 
     @property

@@ -65,9 +65,7 @@ def run_training(
     if distributed:
         configs.append(bundle_config("multi_gpu_train.yaml"))
     configs.append(task_preset_path(task))
-    workflow = bundle_workflow(
-        configs, run_id="training", workflow_type="train", overrides=overrides, tracking=tracking
-    )
+    workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides, tracking=tracking)
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -64,3 +64,5 @@ def test_study_set_typo_fails_at_load(tmp_path):
     with pytest.raises(ValueError, match=r"study.train.roles 'swap'"):
         load_study(_study(tmp_path, train={"roles": "swap"}))
     assert load_study(_study(tmp_path, train={"roles": "alternate"})).train == {"roles": "alternate"}
+    with pytest.raises(ValueError, match=r"study.train.prompt_init 'points' is not one of: no_mask, box"):
+        load_study(_study(tmp_path, train={"prompt_init": "points"}))

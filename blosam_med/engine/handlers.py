@@ -17,7 +17,7 @@ from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import save_adapter
 from blosam_med.tracking import find_run, flatten_params
 
-__all__ = ["RunRecorder", "KeepBestState", "attach_resume", "check_output_dir", "latest_checkpoint", "flatten_params"]
+__all__ = ["RunRecorder", "KeepBestState", "attach_resume", "check_output_dir", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
