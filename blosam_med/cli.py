@@ -491,17 +491,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = _user_error(err, getattr(args, "out", None))
         if user_error is None:
             raise
         print(f"blosam {args.command}: error: {user_error}", file=sys.stderr)
         return 2
 
 
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError)."""
+def _user_error(err: BaseException, out: str | None = None) -> BaseException | None:
+    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError); a failed
+    ``torch.save`` outside our atomic writer (MONAI's CheckpointSaver) is reported as a write error of ``out``."""
+    from blosam_med.io import torch_write_error
+
     while err is not None:
         if isinstance(err, USER_ERRORS):
             return err
-        err = err.__cause__
+        failed = torch_write_error(err, out) if out else None
+        if failed is not None:
+            return failed
+        err = err.__cause__ or err.__context__
     return None

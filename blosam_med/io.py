@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ __all__ = [
     "atomic_write",
     "check_writable",
     "check_output_folder",
+    "torch_write_error",
 ]
 
 
@@ -93,10 +95,11 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         if isinstance(err, OutputWriteError) or err.errno not in WRITE_ERRNOS:
             raise
         raise OutputWriteError(err.errno, _write_failed(path, err)) from err
-    except RuntimeError as err:  # torch.save reports a failed write (disk full) as RuntimeError
-        if "write" not in str(err).lower():
+    except RuntimeError as err:  # torch.save reports a failed write (disk full) as a RuntimeError of its writer
+        failed = torch_write_error(err, path)
+        if failed is None:
             raise
-        raise OutputWriteError(errno.EIO, _write_failed(path, err)) from err
+        raise failed from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -106,6 +109,24 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], overwrite: b
     with atomic_path(path, overwrite) as tmp:
         write(tmp)
     return Path(path)
+
+
+def torch_write_error(err: BaseException, path: str | Path) -> OutputWriteError | None:
+    """An :class:`OutputWriteError` naming ``path`` when ``err`` is torch's report of a failed ``torch.save`` (a
+    ``RuntimeError`` of its zip writer: disk full, I/O error), else ``None``."""
+    if not isinstance(err, RuntimeError):
+        return None
+    if not any(s in str(err) for s in ("inline_container", "PytorchStreamWriter", "file write failed")):
+        return None
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    full = folder.is_dir() and shutil.disk_usage(folder).free < 1 << 20
+    reason = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else err
+    message = _write_failed(path, reason)
+    if path.is_dir():  # a writer of a library (MONAI's CheckpointSaver): the file is not known, and may be partial
+        message = message.replace(": could not be written", ": a file in this folder could not be written", 1)
+        message = message.replace("; nothing was replaced", "")
+    return OutputWriteError(errno.ENOSPC if full else errno.EIO, message)
 
 
 def _write_failed(path: Path, err: BaseException) -> str:
