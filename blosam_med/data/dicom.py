@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "dicom_info",
     "non_image_modality",
     "series_non_images",
+    "itk_series_id",
     "NON_IMAGE_MODALITIES",
 ]
 
@@ -182,6 +184,22 @@ def check_dicom_series(folder: str | Path) -> dict[str, Any]:
     if len(entries) >= 3:
         _check_positions(folder, entries)
     return {**dicom_info(entries[0][1]), "skipped": skipped, "files": [f for f, _ in entries]}
+
+
+def itk_series_id(folder: Path, files: Sequence[Path]) -> str:
+    """The ITK (GDCM) series identifier of the image ``files`` in ``folder``, so that the reader takes them and
+    not a non-image object beside them (MONAI's ITKReader otherwise reads the first series it finds)."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)  # as monai.data.ITKReader does
+    names.AddSeriesRestriction("0008|0021")
+    names.SetDirectory(str(folder))
+    wanted = {Path(f).resolve() for f in files}
+    for uid in names.GetSeriesUIDs():
+        if {Path(f).resolve() for f in names.GetFileNames(uid)} == wanted:
+            return uid
+    raise ValueError(f"{folder}: the image series cannot be told apart from the other DICOM objects in the folder")
 
 
 def _check_positions(folder: Path, entries: list[tuple[Path, pydicom.Dataset]]) -> None:

@@ -25,7 +25,13 @@ import torch
 from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from blosam_med.data.dicom import NON_IMAGE_MODALITIES, check_dicom_file, check_dicom_series, is_dicom_file
+from blosam_med.data.dicom import (
+    NON_IMAGE_MODALITIES,
+    check_dicom_file,
+    check_dicom_series,
+    is_dicom_file,
+    itk_series_id,
+)
 from blosam_med.data.slices import volume_to_slices
 from blosam_med.data.tasks import TaskConfig
 from blosam_med.data.windowing import WindowIntensity
@@ -123,22 +129,6 @@ def _meta_2d(arr: torch.Tensor, path: Path, spacing: tuple[float, float] | None,
     return MetaTensor(arr, affine=affine, meta=meta)
 
 
-def _series_id(folder: Path, files: Sequence[Path]) -> str:
-    """The ITK (GDCM) series identifier of the image ``files`` in ``folder``, so that the reader takes them and
-    not a non-image object beside them (MONAI's ITKReader otherwise reads the first series it finds)."""
-    import itk
-
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)  # as monai.data.ITKReader does
-    names.AddSeriesRestriction("0008|0021")
-    names.SetDirectory(str(folder))
-    wanted = {Path(f).resolve() for f in files}
-    for uid in names.GetSeriesUIDs():
-        if {Path(f).resolve() for f in names.GetFileNames(uid)} == wanted:
-            return uid
-    raise ValueError(f"{folder}: the image series cannot be told apart from the other DICOM objects in the folder")
-
-
 def _check_nifti_dims(path: Path) -> None:
     """Refuse a NIfTI with a 4th (time or channel) axis longer than 1, naming the file and its shape."""
     import nibabel as nib
@@ -196,7 +186,7 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
         if info["skipped"]:  # read the image series by its id; MONAI's note about several series is expected
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*more than one DICOM series")
-                img = _load(path, ITKReader(series_name=_series_id(path, info["files"])))
+                img = _load(path, ITKReader(series_name=itk_series_id(path, info["files"])))
         else:
             img = _load(path, ITKReader())
         extra = {"photometric": info["photometric"], "modality": info["modality"]}
