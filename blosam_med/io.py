@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "OutputExistsError",
@@ -18,6 +20,7 @@ __all__ = [
     "check_writable",
     "check_output_folder",
     "torch_write_error",
+    "write_json",
 ]
 
 
@@ -82,11 +85,11 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     path = check_writable(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]))
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes[-2:]))
     except OSError as err:
         raise OutputWriteError(err.errno, _write_failed(path, err)) from err
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
@@ -133,6 +136,11 @@ def _write_failed(path: Path, err: BaseException) -> str:
     reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err).strip().splitlines()[-1]
     hint = "; free some space" if isinstance(err, OSError) and err.errno == errno.ENOSPC else ""
     return f"{path}: could not be written ({reason}){hint}; nothing was replaced"
+
+
+def write_json(path: str | Path, data: Any, *, overwrite: bool = False) -> Path:
+    """``data`` as indented JSON at ``path``, written atomically; values JSON cannot hold are written as ``str()``."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str) + "\n"), overwrite)
 
 
 def _umask() -> int:

@@ -35,7 +35,7 @@ def main() -> None:
         raise SystemExit(f"{args.volume}: volume not found (pass --volume)")
 
     if args.adapter:
-        models, task = load_adapters(args.adapter)
+        models, task, _ = load_adapters(args.adapter)
     else:
         models, task = [BloSam(build_backbone("litemedsam")).eval()], load_task("lung_ct")
     samples = load_samples([{"image": args.volume}], task, foreground_only=False, every_n=1)

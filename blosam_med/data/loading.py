@@ -18,7 +18,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,33 +32,16 @@ from blosam_med.data.dicom import (
     is_dicom_file,
     itk_series_id,
 )
+from blosam_med.data.files import DICOM_EXT, NIFTI_EXT, RASTER_EXT, case_id
 from blosam_med.data.slices import volume_to_slices
 from blosam_med.data.tasks import TaskConfig
 from blosam_med.data.windowing import WindowIntensity
 
-__all__ = ["read_image", "load_pair", "load_samples", "volume_to_slices", "case_id", "image_kind", "RASTER_EXT"]
+__all__ = ["read_image", "load_pair", "load_samples", "image_kind"]
 
 logger = logging.getLogger(__name__)
 
-#: File endings read with PIL.
-RASTER_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_EXT = (".nii", ".nii.gz")
 _KEY = "image"
-
-
-def case_id(path: str | Path) -> str:
-    """A case name from a file or folder: the name without image endings (``a.nii.gz`` -> ``a``).
-
-    A DICOM series folder named ``dicom`` (the ``<case>/dicom/`` layout) takes its parent's name.
-    """
-    p = Path(str(path).rstrip("/"))
-    if p.name.lower() == "dicom" and p.parent.name:
-        return p.parent.name
-    name = p.name
-    for ext in (*NIFTI_EXT, *RASTER_EXT, ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def image_kind(path: str | Path) -> str:
@@ -71,7 +54,7 @@ def image_kind(path: str | Path) -> str:
         return "nifti"
     if name.endswith(RASTER_EXT):
         return "raster"
-    if name.endswith(".dcm") or is_dicom_file(path):
+    if name.endswith(DICOM_EXT) or is_dicom_file(path):
         return "dicom"
     raise ValueError(
         f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
@@ -123,9 +106,9 @@ def _as_2d(img: MetaTensor, path: Path, spacing: tuple[float, float] | None, ext
 
 def _meta_2d(arr: torch.Tensor, path: Path, spacing: tuple[float, float] | None, extra: dict) -> MetaTensor:
     known = spacing is not None
-    spacing = spacing if known else (1.0, 1.0)
-    affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0, 1.0], dtype=torch.float64))
-    meta = {"filename_or_obj": str(path), "spacing": tuple(float(s) for s in spacing), "spacing_known": known, **extra}
+    row, col = spacing if spacing is not None else (1.0, 1.0)
+    affine = torch.diag(torch.tensor([row, col, 1.0, 1.0], dtype=torch.float64))
+    meta = {"filename_or_obj": str(path), "spacing": (float(row), float(col)), "spacing_known": known, **extra}
     return MetaTensor(arr, affine=affine, meta=meta)
 
 
@@ -202,9 +185,10 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
             "(channel first); 4D (time series) volumes are not supported"
         )
     img.meta.update(extra, kind="volume", filename_or_obj=str(path))
-    if not (spatial_dims == 2 and kind == "dicom"):  # multi-frame in a 2D task: frames as stored
-        img = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
-    return img
+    if spatial_dims == 2 and kind == "dicom":  # multi-frame in a 2D task: frames as stored
+        return img
+    oriented = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
+    return cast(MetaTensor, oriented)  # Orientationd keeps the MetaTensor (its signature says Tensor)
 
 
 def _to_channels(img: torch.Tensor, task: TaskConfig, path: Path) -> torch.Tensor:

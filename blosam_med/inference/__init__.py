@@ -13,6 +13,7 @@ from blosam_med.inference.infer import (
     run_inference,
     write_case,
 )
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor
 from blosam_med.inference.writers import (
     to_source_grid,
@@ -27,6 +28,7 @@ __all__ = [
     "FORMATS",
     "CasePrediction",
     "Predictor",
+    "mask_postprocess",
     "collect_inputs",
     "find_inputs",
     "evaluate_adapter",

@@ -27,7 +27,7 @@ from monai.data import partition_dataset
 
 from blosam_med import distributed
 from blosam_med.data import case_id
-from blosam_med.io import OutputExistsError, atomic_write
+from blosam_med.io import OutputExistsError, write_json
 
 __all__ = ["CaseLedger", "check_manifest", "run_signature", "shard_entries", "run_cohort", "STATUS_DIR", "MANIFEST"]
 
@@ -48,10 +48,6 @@ def run_signature(adapters: Sequence[str | Path], **options: Any) -> str:
     for path in adapters:
         h.update(Path(path).read_bytes())
     return h.hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)), overwrite=True)
 
 
 class CaseLedger:
@@ -95,7 +91,7 @@ class CaseLedger:
     def mark(self, case: str, status: str, **fields: Any) -> dict[str, Any]:
         """Write the case's status file atomically; returns the record."""
         record = {"case": case, "status": status, "signature": self.signature, "time": time.time(), **fields}
-        _write_json(self.path(case), record)
+        write_json(self.path(case), record, overwrite=True)
         return record
 
     def claim(self, case: str, outputs: dict[str, Path], overwrite: bool, **fields: Any) -> None:
@@ -210,7 +206,7 @@ def run_cohort(
             "counts": counts,
             "cases": records,
         }
-        _write_json(Path(out_dir) / MANIFEST, manifest)
+        write_json(Path(out_dir) / MANIFEST, manifest, overwrite=True)
         logger.info(
             "%s: %d done, %d skipped (finished earlier), %d failed",
             Path(out_dir) / MANIFEST,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import (
+    IMAGE_EXT,
     TaskConfig,
     case_id,
     check_dicom_file,
@@ -24,8 +25,9 @@ from blosam_med.data import (
     series_non_images,
     slices_to_volume,
 )
-from blosam_med.data.loading import NIFTI_EXT
-from blosam_med.inference.predictor import Predictor, default_batch_size
+from blosam_med.data.files import NIFTI_EXT
+from blosam_med.inference.postprocess import mask_postprocess
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -73,32 +75,48 @@ class CasePrediction:
     source: dict[str, Any] | None = None
     spacing: tuple[float, ...] = (1.0, 1.0)
     extra: dict[str, Any] = field(default_factory=dict)
+    postprocess: list[Any] | None = None  # per adapter, see Predictor
+
+    def masks(self, index: int) -> torch.Tensor:
+        """(n_adapters, H, W) uint8 masks of slice ``index``, post-processed as each adapter's task says."""
+        return binary_masks(self.logits[index], self.postprocess or [None] * len(self.logits[index]))
 
     def label_map(self) -> np.ndarray:
         """uint8 label map: 0 background, i+1 where adapter i predicts foreground (later adapters win overlaps);
         (H, W) for 2D, (X, Y, Z) on the RAS grid for volumes."""
-        maps = [_label_map(lg) for lg in self.logits]
+        maps = [_label_map(self.masks(i)) for i in range(len(self.logits))]
         if self.kind == "2d":
             return maps[0]
-        return slices_to_volume([m[None] for m in maps], self.slices, self.source)[0].numpy()
+        return slices_to_volume([m[None] for m in maps], *self.geometry())[0].numpy()
 
     def probabilities(self) -> np.ndarray:
         """float32 sigmoid probabilities, (n, H, W) for 2D or (n, X, Y, Z) for volumes."""
         probs = [torch.sigmoid(lg) for lg in self.logits]
         if self.kind == "2d":
             return probs[0].numpy()
-        return slices_to_volume(probs, self.slices, self.source).numpy()
+        return slices_to_volume(probs, *self.geometry()).numpy()
+
+    def geometry(self) -> tuple[list[int], dict[str, Any]]:
+        """A volume's slice indices and ``source`` (shape, axis, affines); ValueError for a 2D prediction."""
+        if self.source is None or any(i is None for i in self.slices):
+            raise ValueError(f"{self.image_path}: a 2D prediction has no volume geometry")
+        return [int(i) for i in self.slices if i is not None], self.source
 
 
-def _label_map(logits: torch.Tensor) -> np.ndarray:
-    out = np.zeros(logits.shape[-2:], np.uint8)
-    for i, lg in enumerate(logits):
-        out[(lg > 0).numpy()] = i + 1
+def _label_map(masks: torch.Tensor) -> np.ndarray:
+    out = np.zeros(masks.shape[-2:], np.uint8)
+    for i, m in enumerate(masks):
+        out[m.numpy() > 0] = i + 1
     return out
 
 
-def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = None) -> tuple[list[BloSam], TaskConfig]:
+def load_adapters(
+    paths: Sequence[str | Path], checkpoint: str | Path | None = None
+) -> tuple[list[BloSam], TaskConfig, list[Any]]:
     """Load adapters that share one backbone (built once) and one input preparation (window, channels).
+
+    Returns the models, the (first adapter's) task preset that prepares the inputs, and per adapter the mask
+    post-processing its own task preset asks for (``None`` when none).
 
     Raises:
         ValueError: adapters of different backbones or different windowing, naming the files.
@@ -108,24 +126,23 @@ def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = N
     payloads = [read_adapter(p) for p in paths]
     names = {p["backbone"] for p in payloads}
     if len(names) > 1:
-        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads))
+        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads, strict=True))
         raise ValueError(f"adapters of different backbones cannot share an encoder pass: {listed}")
-    tasks = [TaskConfig.from_dict(p["extra"]["task"]) if "task" in p.get("extra", {}) else None for p in payloads]
-    if any(t is None for t in tasks):
-        missing = [str(p) for p, t in zip(paths, tasks) if t is None]
+    missing = [str(path) for path, p in zip(paths, payloads, strict=True) if "task" not in p.get("extra", {})]
+    if missing:
         raise ValueError(f"{', '.join(missing)}: adapter stores no task preset")
+    tasks = [TaskConfig.from_dict(p["extra"]["task"]) for p in payloads]
     prep = {(t.window, t.width, t.level, t.channels) for t in tasks}
     if len(prep) > 1:
         raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
     backbone: Backbone = build_backbone(names.pop(), checkpoint)
     models = [load_adapter(p, backbone)[0] for p in paths]
-    return models, tasks[0]
+    return models, tasks[0], [mask_postprocess(t.keep_components, t.fill_holes) for t in tasks]
 
 
 #: NIfTI names taken for the label of a DICOM series beside them (``<case>/dicom/`` + ``<case>/label.nii.gz``, the
 #: layout ``blosam prepare`` reads), never for an image to segment.
 _LABEL_STEMS = ("label", "labels", "mask", "masks", "seg", "segmentation")
-_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm")
 
 
 def _is_label_name(path: Path) -> bool:
@@ -171,7 +188,7 @@ def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[s
             if not _is_series(child):
                 continue
             ignored += _series_ignored(child)
-        elif not child.name.lower().endswith(_IMAGE_EXT) and not is_dicom_file(child):
+        elif not child.name.lower().endswith(IMAGE_EXT) and not is_dicom_file(child):
             continue
         elif (modality := non_image_modality(child)) is not None:
             ignored.append(_ignore(child, f"DICOM {modality} object, not an image"))
@@ -228,6 +245,7 @@ def predict_case(
         slices=[s["slice"] for s in samples],
         source=first.get("source"),
         spacing=tuple(first["spacing"]),
+        postprocess=predictor.postprocess,
     )
 
 
@@ -283,13 +301,13 @@ def write_case(
         if "dicom-seg" in names:
             write_dicom_seg(_split(labels_map, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
     else:
-        src = pred.source
+        indices, src = pred.geometry()
         volume, affine = to_source_grid(labels_map, src["affine"], src["original_affine"])
         if "nifti" in names:
             write_nifti(volume, affine, names["nifti"], overwrite)
         if "overlay" in names:
-            order = np.argsort(pred.slices)
-            maps = [_label_map(pred.logits[i]) for i in order]
+            order = np.argsort(indices)
+            maps = [_label_map(pred.masks(i)) for i in order]
             write_montage(
                 [pred.images[i].numpy() for i in order],
                 [_split(m, len(labels)) for m in maps],
@@ -357,13 +375,15 @@ def run_inference(
         raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device}); on the CPU inference runs in float32")
     amp_dtype = AMP_DTYPES[amp] if amp else None
     batch_size = batch_size or default_batch_size(device)
-    models, task = load_adapters(adapters, checkpoint)
+    models, task, postprocess = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
     entries, ignored = find_inputs(input, split)
     cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype)
-    predictor = Predictor(models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+    predictor = Predictor(
+        models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, postprocess=postprocess
+    )
 
     def run_case(entry: dict, claim: Callable[[dict[str, Path]], None]) -> dict[str, Any]:
         pred = predict_case(entry, task, predictor, axis, progress=False)

@@ -44,6 +44,7 @@ def save_adapter(
         "embedding_shape": list(model.embedding_shape),
         "lora": model.lora.to_dict(),
         "train_heads": model.train_heads,
+        "prompt_init": model.prompt_init,
         "state_dict": model.trainable_state_dict(),
         "extra": extra or {},
     }
@@ -128,7 +129,12 @@ def load_adapter(
             f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
             f"backbone's {backbone.preprocessing.to_dict()}"
         )
-    model = BloSam(backbone, LoraSettings(**payload["lora"]), train_heads=bool(payload["train_heads"]))
+    model = BloSam(
+        backbone,
+        LoraSettings(**payload["lora"]),
+        train_heads=bool(payload["train_heads"]),
+        prompt_init=payload.get("prompt_init", "no_mask"),  # adapters written before prompt_init existed
+    )
     try:
         model.load_trainable_state_dict(payload["state_dict"], str(path))
     except ValueError as err:

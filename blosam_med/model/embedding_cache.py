@@ -141,7 +141,7 @@ class EmbeddingCache:
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start : start + self.batch_size]
                 embs = self._encode(torch.stack([inputs[first[k]] for k in chunk]))
-                for k, emb in zip(chunk, embs):
+                for k, emb in zip(chunk, embs, strict=True):
                     self._write(k, emb)
                     found[k] = emb
                 bar.update(len(chunk))

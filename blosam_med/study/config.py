@@ -12,10 +12,12 @@ from typing import Any
 import yaml
 
 from blosam_med.config_keys import bundle_ids, check_keys
+from blosam_med.variants import check_variant_options
 
 __all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
 
-#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``;
+#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``
+#: (``method``, ``hypergradient`` and ``roles`` there are checked against :mod:`blosam_med.variants` on load);
 #: ``zero_shot``: the backbone untrained, prompt-free with its default no-mask embedding;
 #: ``box_prompt``: the backbone prompted with the ground-truth box of every connected component (an oracle);
 #: ``unet``: a MONAI network trained from scratch on the same shots.
@@ -102,8 +104,8 @@ class StudyConfig:
         raise KeyError(f"no method '{name}' in the study (methods: {[m.name for m in self.methods]})")
 
 
-#: Keys of a ``study.tasks.<task>`` entry and of its ``split``.
-TASK_KEYS = ("data", "preset", "split")
+#: Keys of a ``study.tasks.<task>`` entry (``eval``: a folder of evaluation pairs) and of its ``split``.
+TASK_KEYS = ("data", "preset", "split", "eval")
 SPLIT_KEYS = ("test_slab", "gap")
 #: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
@@ -122,8 +124,8 @@ def _method_keys(kind: str) -> set[str]:
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
     """``train`` and every bundle method's ``set`` override keys of the bundle's train.yaml or a task preset."""
-    from blosam_med.cli import bundle_config
     from blosam_med.data import task_preset_path
+    from blosam_med.workflow import bundle_config
 
     overrides = {"study.train": cfg.get("train") or {}}
     overrides.update(
@@ -184,9 +186,12 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             raise ValueError(f"{path}: study.methods.{name}.kind must be one of {METHOD_KINDS}, got {kind!r}")
         check_keys(spec, _method_keys(kind), f"{path}: study.methods.{name}")
         spec.pop("kind")
+        if kind == "bundle":
+            check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
+    check_variant_options(cfg.get("train") or {}, f"{path}: study.train.")
     _check_bundle_keys(path, cfg)
     tasks = _task_entries(cfg)
     for t, v in tasks.items():

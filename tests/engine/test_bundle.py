@@ -93,3 +93,12 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     assert len(history) == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter.pt", "draw.json", "metrics.json"} <= artifacts
+
+    # blosam evaluate --tracking logs into the same run, as evaluate.yaml does (one evaluation path)
+    result = tmp_path / "test.json"
+    args = ["--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result), "--device", "cpu"]
+    assert main(["evaluate", *args, "--tracking"]) == 0
+    metrics = client.get_run(run.info.run_id).data.metrics
+    mean = json.loads(result.read_text())["mean"]
+    assert metrics["test_dice"] == mean["dice"]["mean"] and metrics["test_hd95_mm"] == mean["hd95"]["mean"]
+    assert "test_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

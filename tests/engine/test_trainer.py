@@ -3,11 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.data import Dataset
+from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler, from_engine
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
-from blosam_med.engine import BiLevelTrainer, SingleLevelTrainer, TrainableState, bilevel_param_groups
+from blosam_med.engine import BiLevelEvents, BiLevelTrainer, TrainableState, bilevel_param_groups
 from blosam_med.model import BloSam
 
 
@@ -33,14 +34,14 @@ def _loader(n, shape, seed):
     return DataLoader(Dataset(data), batch_size=2, shuffle=False)
 
 
-def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
+def _trainer(tiny_backbone, bilevel=True, **kw):
     model = BloSam(tiny_backbone)
-    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2))
+    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
     loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
     shape = tiny_backbone.embedding_shape
-    if cls is BiLevelTrainer:
+    if bilevel:
         kw.setdefault("upper_data_loader", _loader(2, shape, 1))
-    trainer = cls(
+    trainer = BiLevelTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_loader(2, shape, 0),
@@ -53,12 +54,12 @@ def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
 
 
 def _changed(before, after):
-    return [not torch.equal(b, a) for b, a in zip(before, after)]
+    return [not torch.equal(b, a) for b, a in zip(before, after, strict=True)]
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
 def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone, hypergradient):
-    trainer, model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
+    trainer, _model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
@@ -72,7 +73,7 @@ def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone,
 
 
 def test_single_level_moves_everything_in_one_step(tiny_backbone):
-    trainer, model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
+    trainer, _model, opt = _trainer(tiny_backbone, bilevel=False)  # no subset B: single-level
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
@@ -80,6 +81,20 @@ def test_single_level_moves_everything_in_one_step(tiny_backbone):
     step = _changed(initial, opt.snapshots[0])
     assert any(step[:n_lower]) and all(step[n_lower:])
     assert set(trainer.state.output[0]["loss"]) == {"loss_joint"}
+
+
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_bilevel_events_fire_in_step_order(tiny_backbone, bilevel):
+    trainer, _, _ = _trainer(tiny_backbone, bilevel=bilevel)
+    fired = []
+    for event in BiLevelEvents:
+        trainer.add_event_handler(event, lambda _, e=event: fired.append(e.value))
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: fired.append("model_completed"))
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda _: fired.append("forward_completed"))
+    trainer.run()  # one iteration
+    lower = ["lower_forward_completed", "lower_backward_completed"]
+    upper = ["upper_forward_completed", "upper_backward_completed"] if bilevel else []
+    assert fired == [*lower, *upper, "model_completed"]
 
 
 def test_stats_handler_reads_both_losses(tiny_backbone, capsys):
