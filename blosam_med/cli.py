@@ -29,19 +29,33 @@ class CLIError(Exception):
     """A user error the CLI reports as one line on stderr with exit status 2."""
 
 
-#: Errors reported as one line naming the file and the problem (exit status 2), never a traceback.
-USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
+#: Errors reported as one line naming the file and the problem (exit status 2), never a traceback. ``OSError``
+#: covers I/O faults (folder not writable, disk full) and missing or existing files.
+USER_ERRORS = (CLIError, OSError, ValueError)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
+
+    Raises:
+        CLIError: a name torch does not know (``gpu``), a device type other than CPU and CUDA, CUDA or a CUDA
+            index that this machine does not have.
+    """
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"--device {name}: not a device name ({err}); use auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: blosam runs on cpu or cuda, not {device.type}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -157,12 +171,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from blosam_med.workflow import run_training
+    from blosam_med.config_keys import bundle_ids, suggest
+    from blosam_med.data import open_datalist
+    from blosam_med.io import check_output_folder
+    from blosam_med.workflow import run_training, training_configs
 
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    check_output_folder(args.out)
+    if data.is_file():
+        open_datalist(None, data)  # a malformed datalist is refused before the run folder is made
     override = {
         "dataset_dir": str(data.parent if data.is_file() else data),
         "datalist_file": str(data) if data.is_file() else None,
@@ -170,10 +190,14 @@ def _run_train(args: argparse.Namespace) -> int:
         "device": f"$torch.device('{device}')",
         **{bundle_id: getattr(args, name) for name, bundle_id in TRAIN_OPTIONS.items() if hasattr(args, name)},
     }
+    configs = training_configs(args.task, distributed=args.distributed)
+    known = bundle_ids(configs)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise CLIError(f"--set {item}: expected ID=VALUE")
+        if key not in known:
+            raise CLIError(f"--set {key}: no such key in {', '.join(p.name for p in configs)}; {suggest(key, known)}")
         override[key] = yaml.safe_load(value)
     tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
     run_training(args.task, override, distributed=args.distributed, tracking=tracking)
@@ -220,10 +244,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from blosam_med.data import load_task
     from blosam_med.inference import evaluate_adapter
-    from blosam_med.io import check_writable
+    from blosam_med.io import check_output_folder, check_writable
     from blosam_med.tracking import sqlite_uri
 
     check_writable(args.out, args.overwrite)
+    check_output_folder(Path(args.out).parent)
     result = evaluate_adapter(
         args.adapter,
         args.data,
@@ -267,7 +292,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from blosam_med.data import DatalistError, prepare_datalist
+    from blosam_med.io import check_output_folder
 
+    check_output_folder(Path(args.out).parent)
     try:
         out, datalist = prepare_datalist(
             args.images,
@@ -338,8 +365,10 @@ def _run_infer(args: argparse.Namespace) -> int:
     """Exit status 0, or 2 when any case failed (each failure is on stderr and in ``<out>/manifest.json``)."""
     from blosam_med import distributed
     from blosam_med.inference import run_inference
+    from blosam_med.io import check_output_folder
 
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    check_output_folder(args.out)
     if args.amp and device.type != "cuda":
         raise CLIError(
             f"--amp {args.amp}: mixed precision runs on a GPU only; on the CPU ({device}) inference runs in "
@@ -488,18 +517,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = _user_error(err, getattr(args, "out", None))
         if user_error is None:
             raise
         print(f"blosam {args.command}: error: {user_error}", file=sys.stderr)
         return 2
 
 
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError)."""
+def _user_error(err: BaseException, out: str | None = None) -> BaseException | None:
+    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError); a failed
+    ``torch.save`` outside our atomic writer (MONAI's CheckpointSaver) is reported as a write error of ``out``."""
+    from blosam_med.io import torch_write_error
+
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, USER_ERRORS):
             return cause
-        cause = cause.__cause__
+        failed = torch_write_error(cause, out) if out else None
+        if failed is not None:
+            return failed
+        cause = cause.__cause__ or cause.__context__
     return None

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from monai.bundle import ConfigWorkflow
 
-__all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_training"]
+__all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_training", "training_configs"]
 
 #: The bundle shipped with the package (a link to ``bundles/blosam`` in a source checkout).
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
@@ -48,6 +48,18 @@ def bundle_workflow(
     )
 
 
+def training_configs(task: str | Path, *, distributed: bool = False) -> list[Path]:
+    """The config files of a training run, in merge order: ``train.yaml``, ``multi_gpu_train.yaml`` (with
+    ``distributed``), the task preset (name or YAML file)."""
+    from blosam_med.data import task_preset_path
+
+    configs = [bundle_config("train.yaml")]
+    if distributed:
+        configs.append(bundle_config("multi_gpu_train.yaml"))
+    configs.append(task_preset_path(task))
+    return configs
+
+
 def run_training(
     task: str | Path, overrides: Mapping[str, Any], *, distributed: bool = False, tracking: str | None = None
 ) -> ConfigWorkflow:
@@ -59,12 +71,7 @@ def run_training(
         distributed: also merge ``multi_gpu_train.yaml`` (one of several ``torchrun`` processes).
         tracking: ``"mlflow"`` to track the run with MONAI's MLflow handler.
     """
-    from blosam_med.data import task_preset_path
-
-    configs = [bundle_config("train.yaml")]
-    if distributed:
-        configs.append(bundle_config("multi_gpu_train.yaml"))
-    configs.append(task_preset_path(task))
+    configs = training_configs(task, distributed=distributed)
     workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides, tracking=tracking)
     workflow.initialize()
     workflow.run()

@@ -13,7 +13,13 @@ from blosam_med.data.datalist import (
     validate_pairs,
     write_datalist,
 )
-from blosam_med.data.dicom import check_dicom_file, check_dicom_series, is_dicom_file
+from blosam_med.data.dicom import (
+    check_dicom_file,
+    check_dicom_series,
+    is_dicom_file,
+    non_image_modality,
+    series_non_images,
+)
 from blosam_med.data.files import IMAGE_EXT, NIFTI_EXT, RASTER_EXT, case_id
 from blosam_med.data.loading import binarise, image_kind, load_pair, load_samples, mask_values, read_image
 from blosam_med.data.sampling import describe_draw, sample_shots, split_ab
@@ -47,11 +53,13 @@ __all__ = [
     "load_samples",
     "load_task",
     "mask_values",
+    "non_image_modality",
     "open_datalist",
     "prepare_datalist",
     "preset_names",
     "read_image",
     "sample_shots",
+    "series_non_images",
     "slice_spacing",
     "slice_view",
     "slices_to_volume",

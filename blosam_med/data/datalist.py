@@ -290,6 +290,22 @@ def write_datalist(datalist: dict[str, Any], out: str | Path, overwrite: bool = 
     return write_json(out, data, overwrite=overwrite)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A datalist's JSON object; malformed JSON is refused naming the file, line and column."""
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; fix the file or write it "
+            "again with blosam prepare"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a JSON text file ({err.reason} at byte {err.start})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a datalist is a JSON object with list sections, found a {type(raw).__name__}")
+    return raw
+
+
 def load_datalist(path: str | Path, split: str = "training") -> list[dict]:
     """One section of a datalist JSON with paths made absolute (MONAI ``load_decathlon_datalist``).
 
@@ -300,7 +316,7 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: datalist not found")
-    raw = json.loads(path.read_text())
+    raw = _read_json(path)
     sections = [k for k, v in raw.items() if _is_section(v)]
     if split not in sections:
         raise ValueError(f"{path}: no '{split}' section; found {', '.join(sections) or 'none'}")
@@ -320,7 +336,8 @@ def open_datalist(
     if path.is_dir() and (path / "datalist.json").is_file():
         path = path / "datalist.json"
     if path.is_file():
-        sections = [k for k, v in json.loads(path.read_text()).items() if _is_section(v)]
+        raw = _read_json(path)
+        sections = [k for k, v in raw.items() if _is_section(v)]
         return {k: load_datalist(path, k) for k in sections}
     if not path.exists():
         raise FileNotFoundError(f"{path}: datalist or data folder not found")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from blosam_med.engine.events import BiLevelEvents
 from blosam_med.engine.fewshot import DrawMismatchError, FewShotData, augmentation, label_target
-from blosam_med.engine.handlers import KeepBestState, RunRecorder, attach_resume, check_output_dir, latest_checkpoint
+from blosam_med.engine.handlers import (
+    KeepBestState,
+    RunRecorder,
+    attach_checkpoint_pruning,
+    attach_resume,
+    check_output_dir,
+    latest_checkpoint,
+)
 from blosam_med.engine.hypergradient import HYPERGRADIENTS, first_order_hypergradient, second_order_hypergradient
 from blosam_med.engine.trainer import BiLevelTrainer, TrainableState, bilevel_param_groups
 
@@ -14,6 +21,7 @@ __all__ = [
     "FewShotData",
     "KeepBestState",
     "RunRecorder",
+    "attach_checkpoint_pruning",
     "attach_resume",
     "augmentation",
     "check_output_dir",

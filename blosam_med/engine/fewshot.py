@@ -156,15 +156,16 @@ def draw_shot_samples(
     Every method of a study that uses this draw (BLO-SAM, single-level, a U-Net) trains on the same samples.
 
     Raises:
-        ValueError: a drawn shot has no labelled structure (the message names the files).
+        ValueError: a drawn shot has no labelled structure, or its mask has several labels for a one-label task
+            (the message names the files).
     """
     pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
     if task.spatial_dims == 3 and task.shot_unit == "slice":
-        slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
+        slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True, check_labels=True)
         shot_samples = sample_shots(slices, shots, seed)
     else:
         chosen = sample_shots(pool, shots, seed)
-        shot_samples = load_samples(chosen, task, base_dir=base_dir)
+        shot_samples = load_samples(chosen, task, base_dir=base_dir, check_labels=True)
     empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
     if empty:
         raise ValueError(

@@ -14,21 +14,41 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from blosam_med.io import OutputExistsError, write_json
 from blosam_med.model.blosam import BloSam
-from blosam_med.model.checkpoint import save_adapter
+from blosam_med.model.checkpoint import safe_load, save_adapter
 from blosam_med.tracking import find_run, flatten_params
 
-__all__ = ["RunRecorder", "KeepBestState", "attach_resume", "check_output_dir", "latest_checkpoint"]
+__all__ = [
+    "RunRecorder",
+    "KeepBestState",
+    "attach_checkpoint_pruning",
+    "attach_resume",
+    "check_output_dir",
+    "latest_checkpoint",
+    "flatten_params",
+]
 
 logger = logging.getLogger(__name__)
 
 
+CHECKPOINT_GLOB = "checkpoint_epoch=*.pt"
+
+
 def check_output_dir(output_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Refuse to start a run whose folder already holds a finished adapter, unless resuming or overwriting."""
+    """Refuse to start a run whose folder already holds a finished adapter, unless resuming or overwriting; say so
+    when a fresh run starts in a folder with the checkpoints of an earlier one."""
     out = Path(output_dir)
     if (out / "adapter.pt").exists() and not (resume or overwrite):
         raise OutputExistsError(
             f"{out / 'adapter.pt'}: a finished run is already there; choose another output "
-            "folder, or pass resume=True / overwrite=True"
+            "folder, or pass --resume / --overwrite"
+        )
+    earlier = sorted((out / "checkpoints").glob(CHECKPOINT_GLOB)) if not resume else []
+    if earlier:
+        logger.warning(
+            "%s: checkpoints of an earlier run (%s); this run starts fresh without --resume and replaces them after "
+            "its first epoch. To continue the earlier run instead, stop and run the same command with --resume",
+            out / "checkpoints",
+            ", ".join(p.name for p in earlier),
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -38,22 +58,56 @@ def latest_checkpoint(folder: str | Path) -> str:
     """The newest ``*.pt`` in a CheckpointSaver folder."""
     files = sorted(Path(folder).glob("*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
     if not files:
-        raise FileNotFoundError(f"{folder}: no training checkpoint to resume from")
+        raise FileNotFoundError(f"{folder}: no training checkpoint to resume from; start without --resume")
     return str(files[-1])
+
+
+def _check_checkpoint(path: str, keys: Mapping[str, Any]) -> None:
+    """Refuse a truncated or foreign checkpoint before training starts, naming the file."""
+    advice = "start without --resume (or with --overwrite) to train from the beginning"
+    state = safe_load(path, "training checkpoint", advice)
+    missing = sorted(set(keys) - set(state)) if isinstance(state, dict) else sorted(keys)
+    if missing:
+        raise ValueError(f"{path}: not a training checkpoint of this run (no {', '.join(missing)}); {advice}")
 
 
 def attach_resume(trainer: Engine, saver: CheckpointSaver) -> CheckpointLoader:
     """Load the newest checkpoint ``saver`` wrote (trainer state, trained tensors, optimizer, scheduler) when
-    ``trainer`` starts, so the run continues where it stopped."""
+    ``trainer`` starts, so the run continues where it stopped.
+
+    Raises:
+        FileNotFoundError: no checkpoint in the folder.
+        ValueError: the newest checkpoint is truncated or not a training checkpoint (named).
+    """
     folder = saver.save_dir
+    path = latest_checkpoint(folder)
+    _check_checkpoint(path, saver.save_dict)
     loader = CheckpointLoader(
-        load_path=latest_checkpoint(folder),
+        load_path=path,
         load_dict=saver.save_dict,
         map_location="cpu",  # type: ignore[arg-type]  # torch.load accepts a device string
     )
     loader.attach(trainer)
     logger.info("resuming from %s", loader.load_path)
     return loader
+
+
+def attach_checkpoint_pruning(trainer: Engine, saver: CheckpointSaver) -> None:
+    """After each checkpoint, remove the older ``checkpoint_epoch=*.pt`` files of the folder (an interrupted or
+    earlier run leaves its own, which ``CheckpointSaver`` does not know), so a later ``--resume`` finds this run's.
+    Attach after ``saver``."""
+
+    def prune(engine: Engine) -> None:
+        folder = Path(saver.save_dir)
+        keep = folder / CHECKPOINT_GLOB.replace("*", str(engine.state.epoch))
+        if not keep.is_file():
+            return
+        for stale in folder.glob(CHECKPOINT_GLOB):
+            if stale != keep:
+                stale.unlink(missing_ok=True)
+                logger.info("%s: removed (a newer checkpoint, %s, was written)", stale, keep.name)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, prune)
 
 
 class RunRecorder:

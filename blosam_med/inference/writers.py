@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from blosam_med import __version__
+from blosam_med.data.dicom import non_image_modality
 from blosam_med.io import atomic_write
 
 __all__ = [
@@ -131,7 +132,11 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
 
     source = Path(source)
-    files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+    files = (
+        sorted(p for p in source.iterdir() if p.is_file() and non_image_modality(p) is None)
+        if source.is_dir()
+        else [source]
+    )
     datasets = [pydicom.dcmread(f) for f in files]
     for ds in datasets:
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:

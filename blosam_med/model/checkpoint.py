@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from blosam_med.model.adapter import LoraSettings
 from blosam_med.model.backbones import Backbone, Preprocessing, build_backbone
 from blosam_med.model.blosam import BloSam
 
-__all__ = ["ADAPTER_FORMAT", "save_adapter", "read_adapter", "load_adapter", "BackboneMismatchError"]
+__all__ = ["ADAPTER_FORMAT", "save_adapter", "safe_load", "read_adapter", "load_adapter", "BackboneMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,38 @@ def save_adapter(
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
 
 
+def safe_load(path: str | Path, what: str, advice: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses gives one ``ValueError`` naming it.
+
+    A file holding Python objects (a pickle that would run code) is refused as such, without torch's advice to load
+    it with ``weights_only=False``; truncated or foreign files name torch's reason.
+
+    Raises:
+        ValueError: ``"<path>: not a readable <what> (<reason>)"`` and ``advice`` when given.
+    """
+    tail = f"; {advice}" if advice else ""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = next(
+            (ln for ln in lines if ln.startswith(("Trying to load", "Unsupported"))), lines[-1] if lines else ""
+        )
+        raise ValueError(
+            f"{path}: not a readable {what}: it holds Python objects that a safe load refuses ({reason.rstrip('.')}); "
+            f"blosam files hold tensors only, so this one was not written by blosam or was altered{tail}"
+        ) from None
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {reason}){tail}") from err
+
+
 def read_adapter(path: str | Path) -> dict[str, Any]:
     """Read and check an adapter file (``weights_only=True``); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: adapter checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable adapter checkpoint ({type(err).__name__}: {err})") from err
+    payload = safe_load(path, "adapter checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a blosam_med adapter (format {found!r}, expected {ADAPTER_FORMAT!r})")

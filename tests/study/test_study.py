@@ -169,7 +169,7 @@ def test_slab_split_keeps_a_gap(tmp_path):
 
 
 def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_path, capsys):
-    methods = dict(METHODS, broken={"kind": "unet", "no_such_option": 1})
+    methods = dict(METHODS, broken={"kind": "unet", "channels": [8]})  # MONAI's UNet needs two levels or more
     config = _config(tmp_path, synthetic_2d, methods)
     out = tmp_path / "study"
     assert main(["study", str(config), "--device", "cpu"]) == 1  # the broken cells fail, the others finish
@@ -186,7 +186,7 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
         "lung_xray/k2_s1/unet",
         "lung_xray/zero",
     ]
-    assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("no_such_option") >= 1
+    assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("length of `channels`") >= 1
 
     result = json.loads((out / "cells/lung_xray/k2_s0/blosam/result.json").read_text())
     assert result["mean"]["dice"]["n"] == 2 and result["train"]["iterations"] == 2
@@ -258,6 +258,31 @@ def test_aggregate_and_paired_differences():
     assert agg[("box-oracle", 2)]["dice_mean"] == 0.9 and agg[("box-oracle", 2)]["dice_std"] is None
     (pair,) = paired_differences(rows, "blosam", "single")
     assert pair["mean"] == pytest.approx(0.025) and pair["wins"] == 1 and pair["n"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, where, first",
+    [
+        ({"seed": [0]}, "study: unknown key 'seed'", "seeds"),
+        ({"train": {"iteration": 2}}, "study.train: unknown key 'iteration'", "iterations"),
+        ({"tasks": {"lung_xray": {"dat": "x"}}}, "study.tasks.lung_xray: unknown key 'dat'", "data"),
+    ],
+)
+def test_unknown_study_keys_are_refused(tmp_path, synthetic_2d, capsys, extra, where, first):
+    config = _config(tmp_path, synthetic_2d, **extra)
+    assert main(["study", str(config), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: {where}; valid keys: {first}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "study").exists()
+
+
+def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
+    methods = dict(METHODS, single={"kind": "bundle", "set": {"methd": "single"}})
+    with pytest.raises(ValueError, match=r"study.methods.single.set: unknown key 'methd'; valid keys: method"):
+        load_study(_config(tmp_path, synthetic_2d, methods))
+    methods = dict(METHODS, unet={"kind": "unet", "iteration": 2})
+    with pytest.raises(ValueError, match=r"study.methods.unet: unknown key 'iteration'; valid keys: iterations"):
+        load_study(_config(tmp_path, synthetic_2d, methods))
 
 
 def test_cells_are_scored_on_the_evaluation_pool(synthetic_2d, tmp_path):
