@@ -117,7 +117,8 @@ def _check_nifti_dims(path: Path) -> None:
     import nibabel as nib
 
     try:
-        shape = tuple(int(s) for s in nib.load(str(path)).shape)
+        image: Any = nib.load(str(path))  # a Nifti1Image / Nifti2Image: the stubs name only the base class
+        shape = tuple(int(s) for s in image.shape)
     except Exception:
         return
     if len(shape) > 3 and any(s > 1 for s in shape[3:]):
