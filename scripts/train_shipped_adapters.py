@@ -226,9 +226,8 @@ def main() -> int:
         pool_scores = Path(args.out) / task / "eval_metrics.json"
         if pool.is_dir():
             pool_list = Path(args.out) / task / "eval_datalist.json"
-            write_datalist(
-                {"name": f"{task}_eval", **build_datalist(pool, test_fraction=1.0)}, pool_list, overwrite=True
-            )
+            every = build_datalist(pool, test_fraction=0.0)["training"]  # the whole pool, scored as one split
+            write_datalist({"name": f"{task}_eval", "test": every}, pool_list, overwrite=True)
             rc = blosam(
                 ["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(pool_list), "--split", "test"]
                 + ["--out", str(pool_scores), "--overwrite", *cache]

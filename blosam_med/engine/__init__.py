@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from blosam_med.engine.events import BiLevelEvents
 from blosam_med.engine.fewshot import DrawMismatchError, FewShotData, augmentation, label_target
-from blosam_med.engine.handlers import (
-    KeepBestState,
-    RunRecorder,
-    attach_resume,
-    check_output_dir,
-    latest_checkpoint,
-)
+from blosam_med.engine.handlers import KeepBestState, RunRecorder, attach_resume, check_output_dir, latest_checkpoint
 from blosam_med.engine.hypergradient import HYPERGRADIENTS, first_order_hypergradient, second_order_hypergradient
 from blosam_med.engine.trainer import BiLevelTrainer, TrainableState, bilevel_param_groups
 

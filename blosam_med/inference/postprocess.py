@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent, Transform
+from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent
 
 __all__ = ["mask_postprocess"]
 
@@ -18,7 +20,7 @@ def mask_postprocess(keep_components: int = 0, fill_holes: bool = False) -> Comp
     """
     if keep_components < 0:
         raise ValueError(f"keep_components must be >= 0, got {keep_components}")
-    steps: list[Transform] = []
+    steps: list[Callable] = []
     if keep_components:
         steps.append(KeepLargestConnectedComponent(applied_labels=[1], num_components=keep_components))
     if fill_holes:

@@ -156,11 +156,9 @@ class BloSam(nn.Module):
         grid = embeddings.shape[-2:]
         # Prompt batch 1 against image batch B: segment_anything broadcasts in attention (one call, no loop).
         dense = self.prompt.reshape(1, -1, 1, 1).expand(1, -1, *grid)
-        sparse: torch.Tensor
-        if self.prompt_tokens is not None:
-            sparse = self.prompt_tokens
-        else:
-            sparse = embeddings.new_zeros((1, 0, embeddings.shape[1]))
+        sparse: torch.Tensor = (
+            self.prompt_tokens if self.prompt_tokens is not None else embeddings.new_zeros((1, 0, embeddings.shape[1]))
+        )
         logits, _ = self.mask_decoder(
             image_embeddings=embeddings,
             image_pe=self.prompt_encoder.get_dense_pe(),

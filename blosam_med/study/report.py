@@ -171,6 +171,8 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
     if pooled:
         tables.append(("test_dice", "Dice on the test split of the shots' folders (reported, never used to choose)", 3))
     for metric, title, digits in tables:
+        if all(a.get(f"{metric}_mean") is None for a in agg):
+            continue  # e.g. no development samples (dev_size 0)
         lines += [
             f"**{title}**",
             "",

@@ -208,7 +208,7 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         test = {k: result.pop(k) for k in ("cases", "mean", "counts")}
         pool_masks = predict(pool)
         result = {**score_predictions(pool, pool_masks), "test": test, **result}
-        np.savez_compressed(folder / "eval_masks.npz", **_packed(pool_masks))  # type: ignore[arg-type]
+        np.savez_compressed(folder / "eval_masks.npz", allow_pickle=False, **_packed(pool_masks))
     if dev:
         scored = score_predictions(dev, predict(dev), per_sample=True)
         result["dev"] = {"mean": scored["mean"], "cases": scored["cases"]}

@@ -17,7 +17,7 @@ def _train(data, out, *extra):
 
 def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(synthetic_2d, out, "--iterations", "6") == 0
+    assert _train(synthetic_2d, out, "--iterations", "6", "--method", "blosam") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and set(metrics["final_loss"]) == {"loss_lower", "loss_upper"}
     draw = json.loads((out / "draw.json").read_text())
@@ -79,7 +79,7 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     import mlflow
 
     out = tmp_path / "tracked"
-    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking") == 0
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking", "--method", "blosam") == 0
     uri = f"sqlite:///{out / 'mlruns.db'}"
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")

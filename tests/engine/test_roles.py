@@ -46,6 +46,8 @@ def test_bundle_trains_with_alternating_roles(synthetic_2d, tmp_path):
                 "2",
                 "--iterations",
                 "4",
+                "--method",
+                "blosam",
                 "--roles",
                 "alternate",
             ]

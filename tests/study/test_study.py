@@ -217,7 +217,7 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
 
 def test_aggregate_and_paired_differences():
     config = load_study(
-        Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml", {"shots": [2], "seeds": [0, 1]}
+        Path(__file__).resolve().parents[2] / "configs/study/fewshot_v1.yaml", {"shots": [2], "seeds": [0, 1]}
     )
     config.tasks = {"polyp": {}}
     rows = []
