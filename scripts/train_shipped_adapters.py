@@ -109,8 +109,8 @@ def model_card(
             (
                 f"- Method: BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
                 if params.get("method") == "blosam"
-                else "- Method: single-level fine-tuning on all shots (the configuration with the best evaluation-pool "
-                "Dice in the study; README Results)"
+                else "- Method: single-level fine-tuning on all shots (the default of `blosam train`, chosen on the polyp "
+                "evaluation-pool screening; README Results)"
             )
             + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned prompt "
             + (
