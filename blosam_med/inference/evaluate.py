@@ -76,6 +76,7 @@ def evaluate_adapter(
     out: str | Path | None = None,
     overwrite: bool = False,
     model=None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Predict every case of ``split`` and score it against its label, per image (2D) or per volume (3D).
 
@@ -86,6 +87,8 @@ def evaluate_adapter(
         cache_dir: embedding cache folder (reused across adapters of the same backbone).
         out: write the result JSON here (atomically; an existing file needs ``overwrite``).
         model: an already loaded model to use instead of reading ``adapter`` again.
+        engine: what runs the frozen encoder (``torch``, ``auto``, ``openvino``, ``onnxruntime``; see
+            :mod:`blosam_med.model.encoder_engines`).
 
     Returns:
         ``{"adapter", "split", "cases": [...], "mean": {...}}`` with Dice, HD95 (mm) and NSD per case.
@@ -103,7 +106,7 @@ def evaluate_adapter(
         raise ValueError(f"{data}: the datalist has no '{split}' cases")
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
-    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True)
+    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
     masks = Predictor([model], cache, device=device, batch_size=batch_size).masks([s["image"] for s in samples])
     cases = group_volumes(samples, masks)
     result = evaluate_cases(

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from blosam_med.model import EmbeddingCache
 from blosam_med.model import encoder_engines as engines
+
+INSTALLED = engines.installed_runtimes  # conftest makes ``auto`` eager elsewhere; these tests use the real list
+
+
+@pytest.fixture(autouse=True)
+def _real_runtimes(_eager_auto, monkeypatch):
+    monkeypatch.setattr(engines, "installed_runtimes", INSTALLED)
 
 
 def _images(n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -84,6 +92,12 @@ def test_failed_export_falls_back_to_eager_with_one_warning(tiny_backbone, tmp_p
     assert not list((tmp_path / "fast" / "engines" / "tiny").iterdir())  # nothing half-written
 
 
+def test_cli_engine_choices_are_the_engines():
+    from blosam_med import cli
+
+    assert cli.ENGINE_CHOICES == engines.ENGINES
+
+
 def test_resolve_engine(monkeypatch):
     monkeypatch.setattr(engines, "_version", lambda runtime: "1.0" if runtime == "onnxruntime" else None)
     assert engines.resolve_engine("auto", "cpu") == "onnxruntime"
@@ -98,3 +112,30 @@ def test_resolve_engine(monkeypatch):
         engines.resolve_engine("tensorrt")
     monkeypatch.setattr(engines, "_version", lambda runtime: None)
     assert engines.resolve_engine("auto", "cpu") == "torch"
+
+
+def test_cli_infer_engine_gives_the_eager_masks(tmp_path, synthetic_2d, capsys):
+    from PIL import Image
+
+    from blosam_med.cli import main
+    from blosam_med.data import load_task
+    from blosam_med.model import BloSam, build_backbone, save_adapter
+
+    found = INSTALLED()
+    if not found:
+        pytest.skip("no runtime installed (pip install 'blosam_med[openvino]')")
+    model = BloSam(build_backbone("tiny"))
+    with torch.no_grad():
+        model.prompt.add_(torch.randn(model.prompt.shape, generator=torch.Generator().manual_seed(1)))
+    adapter = save_adapter(model, tmp_path / "a.pt", extra={"task": load_task("lung_xray").to_dict()})
+    masks = {}
+    for engine in ("torch", found[-1]):
+        args = ["infer", "--adapter", str(adapter), "--input", str(synthetic_2d / "images"), "--device", "cpu"]
+        out = tmp_path / engine
+        assert main([*args, "--out", str(out), "--engine", engine, "--cache-dir", str(tmp_path / "cache")]) == 0
+        capsys.readouterr()
+        masks[engine] = {p.name: np.asarray(Image.open(p)) for p in sorted(out.glob("*_mask.png"))}
+    assert masks["torch"] and masks["torch"].keys() == masks[found[-1]].keys()
+    for name, mask in masks["torch"].items():
+        assert np.array_equal(mask, masks[found[-1]][name]), name
+    assert list((tmp_path / "cache" / "engines" / "tiny").glob(f"{found[-1]}-*/export.json"))
