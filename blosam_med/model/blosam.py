@@ -55,6 +55,10 @@ class BloSam(nn.Module):
                 getattr(self.mask_decoder, name).requires_grad_(True)
         self.prompt_encoder.no_mask_embed.weight.requires_grad_(True)
         self.image_encoder.requires_grad_(False)
+        # The dense positional encoding depends only on the frozen prompt encoder's random Fourier matrix: computed
+        # once here (moves with .to()), not in every decoder call.
+        with torch.no_grad():
+            self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe(), persistent=False)
 
     def train(self, mode: bool = True) -> BloSam:
         """Set train mode on the decoder side; the frozen encoder always stays in eval mode."""
@@ -126,7 +130,7 @@ class BloSam(nn.Module):
         sparse = embeddings.new_zeros((1, 0, embeddings.shape[1]))
         logits, _ = self.mask_decoder(
             image_embeddings=embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
