@@ -13,8 +13,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main", "build_parser", "resolve_device"]
 
@@ -28,19 +32,33 @@ class CLIError(Exception):
 #: ``--engine`` choices (blosam_med.model.encoder_engines.ENGINES, listed here so the parser imports no torch).
 ENGINE_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 
-#: Errors reported as one line naming the file and the problem (exit status 2), never a traceback.
-USER_ERRORS = (CLIError, FileNotFoundError, FileExistsError, ValueError)
+#: Errors reported as one line naming the file and the problem (exit status 2), never a traceback. ``OSError``
+#: covers I/O faults (folder not writable, disk full) and missing or existing files.
+USER_ERRORS = (CLIError, OSError, ValueError)
 
 
-def resolve_device(name: str = "auto"):
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
+
+    Raises:
+        CLIError: a name torch does not know (``gpu``), a device type other than CPU and CUDA, CUDA or a CUDA
+            index that this machine does not have.
+    """
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"--device {name}: not a device name ({err}); use auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {name}: blosam runs on cpu or cuda, not {device.type}; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {name}: CUDA is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 # --------------------------------------------------------------------------------------------- info
@@ -70,38 +88,77 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- train
-def bundle_config(name: str) -> Path:
-    """A config file of the package's MONAI bundle (``bundles/blosam/configs``)."""
-    return Path(__file__).resolve().parent / "bundle" / "configs" / name
+#: ``blosam train`` options passed to the bundle only when given, by bundle id: their defaults live in train.yaml.
+TRAIN_OPTIONS = {
+    "shots": "shots",
+    "seed": "seed",
+    "method": "method",
+    "hypergradient": "hypergradient",
+    "roles": "roles",
+    "iterations": "iterations",
+    "views": "views",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "backbone": "backbone",
+    "checkpoint": "backbone_checkpoint",
+    "cache_dir": "cache_dir",
+    "tracking_uri": "tracking_uri",
+    "resume": "resume",
+    "overwrite": "overwrite",
+    "engine": "engine",
+}
+
+
+def _bundle_defaults(config: str) -> Callable[[str, str], str]:
+    """``help(text, bundle_id)``: ``text`` with the default ``config`` (a bundle config) gives that id.
+
+    Expressions (``$...``) and references (``@...``) are described by ``text`` itself, so only plain values are shown.
+    """
+    from blosam_med.workflow import bundle_config
+
+    raw = yaml.safe_load(bundle_config(config).read_text()) or {}
+
+    def describe(text: str, bundle_id: str) -> str:
+        value = raw.get(bundle_id)
+        shown = not (isinstance(value, str) and value[:1] in "$@%")
+        return f"{text} (default: {value}, {config})" if shown else f"{text} (default: {config})"
+
+    return describe
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from blosam_med.variants import HYPERGRADIENTS, METHODS, ROLES
+
+    d = _bundle_defaults("train.yaml")
+    given = argparse.SUPPRESS  # absent unless given, so train.yaml's default applies
     p = sub.add_parser("train", help="few-shot training (runs the bundle's train.yaml)")
     p.add_argument("--task", required=True, help="task preset name (lung_xray, lung_ct, polyp, teeth) or YAML file")
     p.add_argument("--data", required=True, help="datalist JSON or task folder")
     p.add_argument("--out", required=True, help="output folder (adapter.pt, metrics.json, draw.json, checkpoints)")
-    p.add_argument("--shots", type=int, default=None, help="number of shots (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=("blosam", "single"), default="blosam")
-    p.add_argument("--hypergradient", choices=("first_order", "second_order"), default="first_order")
+    p.add_argument("--shots", type=int, default=given, help="number of shots (default: the task preset's)")
+    p.add_argument("--seed", type=int, default=given, help=d("seed of the draw, the split and training", "seed"))
+    p.add_argument("--method", choices=list(METHODS), default=given, help=d("bi-level or single-level", "method"))
+    p.add_argument(
+        "--hypergradient", choices=list(HYPERGRADIENTS), default=given, help=d("upper-level gradient", "hypergradient")
+    )
     p.add_argument(
         "--roles",
-        choices=("fixed", "alternate"),
-        default="fixed",
-        help="bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration",
+        choices=list(ROLES),
+        default=given,
+        help=d("bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration", "roles"),
     )
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--views", type=int, default=0, help="augmented views per shot (cached once)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--iterations", type=int, default=given, help=d("training iterations", "iterations"))
+    p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
+    p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))
     p.add_argument(
         "--lr",
         type=float,
-        default=1e-3,
-        help="AdamW learning rate (5e-3 left some 2-4 shot runs stuck at empty masks: README Results)",
+        default=given,
+        help=d("AdamW learning rate (5e-3 left some 2-4 shot runs stuck at empty masks: README Results)", "lr"),
     )
-    p.add_argument("--backbone", default="litemedsam")
-    p.add_argument("--checkpoint", default=None, help="backbone checkpoint for SAM/MedSAM backbones")
-    p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
+    p.add_argument("--backbone", default=given, help=d("backbone name (blosam info --list)", "backbone"))
+    p.add_argument("--checkpoint", default=given, help="backbone checkpoint for SAM/MedSAM backbones")
+    p.add_argument("--cache-dir", default=given, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--engine",
@@ -111,9 +168,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(exported once, float32; README Speed)",
     )
     p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite in --out)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--tracking-uri", default=given, help="MLflow tracking URI (default: sqlite in --out)")
+    p.add_argument("--resume", action="store_true", default=given, help="continue from the last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", default=given, help="replace a finished run in --out")
     p.add_argument(
         "--distributed",
         action="store_true",
@@ -125,63 +182,42 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from monai.bundle import ConfigWorkflow
-
-    from blosam_med.data import task_preset_path
+    from blosam_med.config_keys import bundle_ids, suggest
+    from blosam_med.data import open_datalist
+    from blosam_med.io import check_output_folder
+    from blosam_med.workflow import run_training, training_configs
 
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    check_output_folder(args.out)
+    if data.is_file():
+        open_datalist(None, data)  # a malformed datalist is refused before the run folder is made
     override = {
         "dataset_dir": str(data.parent if data.is_file() else data),
         "datalist_file": str(data) if data.is_file() else None,
         "output_dir": str(args.out),
-        "seed": args.seed,
-        "method": args.method,
-        "hypergradient": args.hypergradient,
-        "roles": args.roles,
-        "iterations": args.iterations,
-        "views": args.views,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "backbone": args.backbone,
-        "backbone_checkpoint": args.checkpoint,
         "device": f"$torch.device('{device}')",
-        "resume": args.resume,
-        "overwrite": args.overwrite,
-        "engine": args.engine,
+        **{bundle_id: getattr(args, name) for name, bundle_id in TRAIN_OPTIONS.items() if hasattr(args, name)},
     }
-    if args.shots is not None:
-        override["shots"] = args.shots
-    if args.cache_dir is not None:
-        override["cache_dir"] = args.cache_dir
-    if args.tracking_uri is not None:
-        override["tracking_uri"] = args.tracking_uri
+    configs = training_configs(args.task, distributed=args.distributed)
+    known = bundle_ids(configs)
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise CLIError(f"--set {item}: expected ID=VALUE")
+        if key not in known:
+            raise CLIError(f"--set {key}: no such key in {', '.join(p.name for p in configs)}; {suggest(key, known)}")
         override[key] = yaml.safe_load(value)
-    configs = [bundle_config("train.yaml")] + ([bundle_config("multi_gpu_train.yaml")] if args.distributed else [])
-    workflow = ConfigWorkflow(
-        config_file=[str(c) for c in configs] + [str(task_preset_path(args.task))],
-        meta_file=str(bundle_config("metadata.json")),
-        logging_file=False,
-        run_id="training",
-        workflow_type="train",
-        tracking="mlflow" if args.tracking or args.tracking_uri else None,
-        **override,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
+    run_training(args.task, override, distributed=args.distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) == 0:
         print(Path(args.out) / "adapter.pt")
     return 0
 
 
-def _process_device(name: str):
+def _process_device(name: str) -> torch.device:
     """The device of this torchrun process: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU machine, else the CPU."""
     from blosam_med.distributed import local_device
 
@@ -197,7 +233,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--task", default=None, help="task preset (default: the one stored in the adapter)")
-    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm")
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=None,
+        help="NSD tolerance in mm (default: blosam_med.metrics.NSD_TOLERANCE_MM)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a GPU, 1 on the CPU")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
@@ -209,15 +250,23 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "(exported once, float32; README Speed)",
     )
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--tracking",
+        action="store_true",
+        help="log the mean metrics and the result into the MLflow run that trained the adapter (as evaluate.yaml)",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite beside the adapter)")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from blosam_med.data import load_task
     from blosam_med.inference import evaluate_adapter
-    from blosam_med.io import check_writable
+    from blosam_med.io import check_output_folder, check_writable
+    from blosam_med.tracking import sqlite_uri
 
     check_writable(args.out, args.overwrite)
+    check_output_folder(Path(args.out).parent)
     result = evaluate_adapter(
         args.adapter,
         args.data,
@@ -226,10 +275,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=resolve_device(args.device),
         batch_size=args.batch_size,
-        nsd_tolerance_mm=args.nsd_tolerance,
+        **({} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}),
         out=args.out,
         overwrite=args.overwrite,
         engine=args.engine,
+        tracking_uri=(args.tracking_uri or sqlite_uri(Path(args.adapter).parent)) if args.tracking else None,
     )
     print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))
     return 0
@@ -261,7 +311,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from blosam_med.data import DatalistError, prepare_datalist
+    from blosam_med.io import check_output_folder
 
+    check_output_folder(Path(args.out).parent)
     try:
         out, datalist = prepare_datalist(
             args.images,
@@ -339,8 +391,10 @@ def _run_infer(args: argparse.Namespace) -> int:
     """Exit status 0, or 2 when any case failed (each failure is on stderr and in ``<out>/manifest.json``)."""
     from blosam_med import distributed
     from blosam_med.inference import run_inference
+    from blosam_med.io import check_output_folder
 
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    check_output_folder(args.out)
     if args.amp and device.type != "cuda":
         raise CLIError(
             f"--amp {args.amp}: mixed precision runs on a GPU only; on the CPU ({device}) inference runs in "
@@ -501,17 +555,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:
-        user_error = _user_error(err)
+        user_error = _user_error(err, getattr(args, "out", None))
         if user_error is None:
             raise
         print(f"blosam {args.command}: error: {user_error}", file=sys.stderr)
         return 2
 
 
-def _user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError)."""
-    while err is not None:
-        if isinstance(err, USER_ERRORS):
-            return err
-        err = err.__cause__
+def _user_error(err: BaseException, out: str | None = None) -> BaseException | None:
+    """The user-facing error in an exception chain (MONAI's config parser wraps errors in RuntimeError); a failed
+    ``torch.save`` outside our atomic writer (MONAI's CheckpointSaver) is reported as a write error of ``out``."""
+    from blosam_med.io import torch_write_error
+
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, USER_ERRORS):
+            return cause
+        failed = torch_write_error(cause, out) if out else None
+        if failed is not None:
+            return failed
+        cause = cause.__cause__ or cause.__context__
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import torch
@@ -162,7 +162,11 @@ class ShardSampler(Sampler[int]):
         ValueError: the global batch or the number of samples does not divide into ``world_size`` equal shards.
     """
 
-    def __init__(self, sampler: Sampler[int], global_batch_size: int, rank: int, world_size: int) -> None:
+    def __init__(
+        self, sampler: Sampler[int] | Sequence[int], global_batch_size: int, rank: int, world_size: int
+    ) -> None:
+        if not isinstance(sampler, Sized):
+            raise ValueError("ShardSampler needs a sampler with a length (a fixed number of samples per epoch)")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if global_batch_size % world_size:
@@ -202,6 +206,8 @@ def shard_loader(loader: DataLoader, rank: int | None = None, world_size: int | 
         return loader
     if loader.batch_size is None:
         raise ValueError("shard_loader needs a loader with a batch_size (not a batch_sampler)")
+    if not isinstance(loader.sampler, Sampler):
+        raise ValueError("shard_loader needs a loader with a sampler")
     sampler = ShardSampler(loader.sampler, loader.batch_size, rank, world_size)
     return DataLoader(
         loader.dataset,

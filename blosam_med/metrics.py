@@ -44,11 +44,24 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 
-__all__ = ["compute_case_metrics", "summarize", "evaluate_cases"]
+__all__ = [
+    "METRIC_KEYS",
+    "METRIC_NAMES",
+    "NSD_TOLERANCE_MM",
+    "compute_case_metrics",
+    "summarize",
+    "evaluate_cases",
+    "mean_metrics",
+]
 
 logger = logging.getLogger(__name__)
 
+#: The metrics of every evaluation, as keys of per-case results and of ``result["mean"]``.
 METRIC_KEYS = ("dice", "hd95", "nsd")
+#: Their names in tracked runs (MLflow) and tables, with units: ``<prefix>_dice``, ``<prefix>_hd95_mm``, ...
+METRIC_NAMES = {"dice": "dice", "hd95": "hd95_mm", "nsd": "nsd"}
+#: Default NSD tolerance in mm (the bundle's evaluate.yaml and ``blosam evaluate`` use it).
+NSD_TOLERANCE_MM = 2.0
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -99,11 +112,11 @@ def _binary(x: torch.Tensor, what: str, name: str) -> torch.Tensor:
 
 def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     """Length in mm of the image diagonal: an upper bound on any distance inside the image."""
-    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
 
 
 def compute_case_metrics(
-    pred: Any, label: Any, spacing: Sequence[float], *, nsd_tolerance_mm: float = 2.0, name: str = "case"
+    pred: Any, label: Any, spacing: Sequence[float], *, nsd_tolerance_mm: float = NSD_TOLERANCE_MM, name: str = "case"
 ) -> dict[str, Any]:
     """Dice, HD95 (mm) and NSD of one binary 2D image or 3D volume, with the module's empty-case convention.
 
@@ -113,7 +126,7 @@ def compute_case_metrics(
         label: reference mask, same shape as ``pred`` (a leading channel of 1 may differ).
         spacing: mm per array axis, in array order, one value per spatial axis: (s_H, s_W) or (s_D, s_H, s_W).
             Its length decides whether a leading axis of size 1 is a channel or a one-slice volume.
-        nsd_tolerance_mm: NSD tolerance in mm, defaults to 2.0.
+        nsd_tolerance_mm: NSD tolerance in mm, defaults to :data:`NSD_TOLERANCE_MM` (2.0).
         name: case name used in error messages (e.g. the file name).
 
     Returns:
@@ -202,13 +215,24 @@ def summarize(cases: Sequence[dict], keys: Sequence[str] = METRIC_KEYS) -> dict[
     return out
 
 
+def mean_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The mean of each metric of an evaluation result (``result["mean"]``) under its tracked name
+    (``{prefix}_dice``, ``{prefix}_hd95_mm``, ``{prefix}_nsd``); metrics without cases are left out."""
+    out = {}
+    for key, name in METRIC_NAMES.items():
+        stats = result.get("mean", {}).get(key)
+        if isinstance(stats, dict) and stats.get("mean") is not None:
+            out[f"{prefix}_{name}"] = float(stats["mean"])
+    return out
+
+
 def evaluate_cases(
     preds: Sequence[Any],
     labels: Sequence[Any],
     spacings: Sequence[Sequence[float]],
     case_ids: Sequence[str],
     *,
-    nsd_tolerance_mm: float = 2.0,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
 ) -> dict[str, Any]:
     """Score every case with :func:`compute_case_metrics` and summarise them.
 
@@ -217,7 +241,7 @@ def evaluate_cases(
         labels: reference masks, in the same order.
         spacings: mm per array axis for each case.
         case_ids: unique case names, used in the table and in error messages.
-        nsd_tolerance_mm: NSD tolerance in mm, defaults to 2.0.
+        nsd_tolerance_mm: NSD tolerance in mm, defaults to :data:`NSD_TOLERANCE_MM` (2.0).
 
     Returns:
         JSON-serialisable ``{"cases": [{"case", "dice", "hd95", "nsd", "pred_empty", "label_empty"}, ...],
@@ -235,7 +259,7 @@ def evaluate_cases(
         raise ValueError(f"case ids must be unique; repeated: {repeated[:5]}")
     cases = [
         {"case": c, **compute_case_metrics(p, y, s, nsd_tolerance_mm=nsd_tolerance_mm, name=c)}
-        for p, y, s, c in zip(preds, labels, spacings, ids)
+        for p, y, s, c in zip(preds, labels, spacings, ids, strict=True)
     ]
     counts = {
         "n_cases": len(cases),

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-__all__ = ["sqlite_uri", "find_run", "log_evaluation"]
+from blosam_med.metrics import mean_metrics
+
+__all__ = ["sqlite_uri", "find_run", "log_evaluation", "flatten_params"]
 
 logger = logging.getLogger(__name__)
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config values as flat MLflow params (``task.window``); lists become their JSON text."""
+    flat: dict[str, str] = {}
+    for k, v in params.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(flatten_params(v, name + "."))
+        else:
+            flat[name] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return flat
 
 
 def sqlite_uri(output_dir: str | Path) -> str:
@@ -26,8 +40,9 @@ def _sqlite_missing(uri: str) -> bool:
     return parsed.scheme == "sqlite" and not Path(unquote(parsed.path)).is_file()
 
 
-def find_run(tracking_uri: str, experiment_name: str, run_name: str) -> Any | None:
-    """The most recent run named ``run_name`` in ``experiment_name``; ``None`` when tracking was never on."""
+def find_run(tracking_uri: str, experiment_name: str, run_name: str, status: str | None = None) -> Any | None:
+    """The most recent run named ``run_name`` in ``experiment_name`` (with ``status``, e.g. ``"RUNNING"``, when
+    given); ``None`` when there is none or tracking was never on."""
     if _sqlite_missing(tracking_uri):
         return None
     from mlflow.tracking import MlflowClient
@@ -38,7 +53,8 @@ def find_run(tracking_uri: str, experiment_name: str, run_name: str) -> Any | No
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.mlflow.runName = '{run_name}'",
+        filter_string=f"tags.mlflow.runName = '{run_name}'"
+        + (f" and attributes.status = '{status}'" if status else ""),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -57,13 +73,7 @@ def log_evaluation(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    names = {"dice": "dice", "hd95": "hd95_mm", "nsd": "nsd"}
-    for key, name in names.items():
-        stats = result.get("mean", {}).get(key)
-        if isinstance(stats, dict) and stats.get("mean") is not None:
-            client.log_metric(run.info.run_id, f"{prefix}_{name}", float(stats["mean"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{prefix}_metrics.json"
-        path.write_text(json.dumps(result, indent=1))
-        client.log_artifact(run.info.run_id, str(path))
+    for name, value in mean_metrics(result, prefix).items():
+        client.log_metric(run.info.run_id, name, value)
+    client.log_dict(run.info.run_id, result, f"{prefix}_metrics.json")
     return True

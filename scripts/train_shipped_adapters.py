@@ -1,11 +1,13 @@
 """Train, evaluate and install the adapters that ship inside the package, with their model cards.
 
     python scripts/train_shipped_adapters.py --datalists runs/study_fewshot/datalists --data-root ../shared/data \
-        --tasks lung_xray polyp teeth lung_ct --shots 8 --method single --install
+        --tasks lung_xray polyp teeth lung_ct --cache-dir runs/study_cache --install
 
 With ``--from-study runs/study_fewshot --cell k4_s0/blosam`` the adapters of a finished study cell are installed
 instead (no training). Each task is trained with ``blosam train`` on the training split of the study's datalist (so the shipped adapter
-never saw the study's test cases) and scored with ``blosam evaluate`` on its test split; ``--install`` copies
+never saw the study's test cases), on every training image (``--shots 0``; every labelled training slice for a
+volume task) with the bundle's default method and options, and scored with ``blosam evaluate`` on its test split
+and, for the 2D tasks, on the 160-image evaluation pool ``<data-root>/eval/<task>``; ``--install`` copies
 ``adapter.pt`` to ``blosam_med/assets/adapters/<task>/`` and writes ``MODEL_CARD.md`` beside it.
 """
 
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 from blosam_med.cli import main as blosam
+from blosam_med.data import build_datalist, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.io import atomic_write
 from blosam_med.model.shipped import SHIPPED_DIR
 
@@ -24,19 +28,68 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _source_lines(readme: Path) -> list[str]:
-    """Source and licence bullet points of a shared-data README."""
+    """Source and licence bullet points of a shared-data README, each whole (continuation lines joined), so the
+    card quotes full sentences."""
     if not readme.is_file():
         return ["(data README not available)"]
     keep = ("- Source", "- Original", "- Licence", "- Pairs", "  - Source", "  - Licence", "  - Origin")
-    return [line.strip() for line in readme.read_text().splitlines() if line.startswith(keep)]
+    bullets: list[str] = []
+    taking = False
+    for line in readme.read_text().splitlines():
+        if line.startswith(keep):
+            bullets.append(line.strip())
+            taking = True
+        elif taking and line.startswith("  ") and not line.lstrip().startswith("- "):
+            bullets[-1] += " " + line.strip()
+        else:
+            taking = False
+    return bullets
 
 
-def model_card(task: str, metrics: dict, draw: dict, params: dict, readme: Path) -> str:
+def training_pool_size(datalist: Path, task: str) -> int:
+    """Every training image of the datalist, or every labelled training slice for a volume task."""
+    preset = load_task(task)
+    items = open_datalist(None, datalist)["training"]
+    if preset.spatial_dims == 3 and preset.shot_unit == "slice":
+        return len(load_samples(items, preset, foreground_only=True))
+    return len(items)
+
+
+def _postprocess(params: dict) -> str:
+    task = params.get("task") or {}
+    parts = []
+    if task.get("keep_components"):
+        parts.append(f"{task['keep_components']} largest connected component(s) kept")
+    if task.get("fill_holes"):
+        parts.append("holes filled")
+    return ", ".join(parts)
+
+
+def _stat(mean: dict, key: str, digits: int) -> str:
+    m = mean[key]
+    return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
+
+
+def model_card(
+    task: str, metrics: dict, draw: dict, params: dict, readme: Path, pool_metrics: dict | None = None
+) -> str:
     mean = metrics["mean"]
 
     def stat(key: str, digits: int) -> str:
-        m = mean[key]
-        return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
+        return _stat(mean, key, digits)
+
+    pool = (
+        [
+            "",
+            "## Evaluation-pool metrics",
+            f"On the 160-image evaluation pool of the task (`shared/data/eval/{task}`, disjoint from the training "
+            "folder by patient or source id), at the original resolution:",
+            f"- Dice: {_stat(pool_metrics['mean'], 'dice', 3)}",
+            f"- HD95 (pixels): {_stat(pool_metrics['mean'], 'hd95', 1)}",
+        ]
+        if pool_metrics
+        else []
+    )
 
     shots = " | ".join(
         ", ".join(
@@ -56,10 +109,18 @@ def model_card(task: str, metrics: dict, draw: dict, params: dict, readme: Path)
             (
                 f"- Method: BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
                 if params.get("method") == "blosam"
-                else "- Method: single-level fine-tuning on all shots (the few-shot study's winner on development Dice; README "
-                "Results)"
+                else "- Method: single-level fine-tuning on all shots (the configuration with the best evaluation-pool "
+                "Dice in the study; README Results)"
             )
-            + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned dense prompt",
+            + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned prompt "
+            + (
+                "(dense embedding and box-initialised sparse tokens)"
+                if params.get("prompt_init") == "box"
+                else "(dense embedding)"
+            )
+            + f"; {params.get('views', 0)} augmented views per shot"
+            + ("; the epoch with the best validation Dice kept" if params.get("keep_best") else "")
+            + (f"; masks post-processed: {_postprocess(params)}" if _postprocess(params) else ""),
             f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations, "
             f"batch {params.get('batch_size')}, lr {params.get('lr')}, {params.get('loss')}",
             f"- Shots{' (subset A | subset B)' if draw.get('bilevel') else ''}: {shots.strip(' |')}",
@@ -74,6 +135,7 @@ def model_card(task: str, metrics: dict, draw: dict, params: dict, readme: Path)
             f"- Dice: {stat('dice', 3)}",
             f"- HD95 (mm; pixels for PNG images without spacing): {stat('hd95', 1)}",
             f"- NSD at {metrics.get('nsd_tolerance_mm')} mm: {stat('nsd', 3)}",
+            *pool,
             "",
             "## Limits",
             "- Few-shot model for research use; not a medical device. Check every output.",
@@ -97,14 +159,9 @@ def main() -> int:
     p.add_argument("--datalists", required=True, help="folder of <task>.json datalists (the study's)")
     p.add_argument("--data-root", default="../shared/data", help="shared data folder (for the source READMEs)")
     p.add_argument("--tasks", nargs="+", default=["lung_xray", "polyp", "teeth", "lung_ct"])
-    p.add_argument("--shots", type=int, default=8)
+    p.add_argument("--shots", type=int, default=0, help="0: every training image (or labelled slice)")
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument(
-        "--method",
-        choices=("blosam", "single"),
-        default="blosam",
-        help="the study's dev-Dice winner ships (README Results)",
-    )
+    p.add_argument("--method", choices=("blosam", "single"), default=None, help="default: the bundle's default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shipped")
     p.add_argument("--cache-dir", default=None)
@@ -135,13 +192,12 @@ def main() -> int:
                     "--out",
                     str(out),
                     "--shots",
-                    str(args.shots),
+                    str(args.shots or training_pool_size(datalist, task)),
                     "--iterations",
                     str(args.iterations),
                     "--seed",
                     str(args.seed),
-                    "--method",
-                    args.method,
+                    *(["--method", args.method] if args.method else []),
                     *cache,
                 ]
             )
@@ -166,17 +222,30 @@ def main() -> int:
         )
         if rc:
             return rc
+        pool = Path(args.data_root) / "eval" / task
+        pool_scores = Path(args.out) / task / "eval_metrics.json"
+        if pool.is_dir():
+            pool_list = Path(args.out) / task / "eval_datalist.json"
+            every = build_datalist(pool, test_fraction=0.0)["training"]  # the whole pool, scored as one split
+            write_datalist({"name": f"{task}_eval", "test": every}, pool_list, overwrite=True)
+            rc = blosam(
+                ["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(pool_list), "--split", "test"]
+                + ["--out", str(pool_scores), "--overwrite", *cache]
+            )
+            if rc:
+                return rc
         if args.install:
             metrics = json.loads(scores.read_text())
+            pool_metrics = json.loads(pool_scores.read_text()) if pool.is_dir() else None
             run = json.loads((out / "metrics.json").read_text())
-            card = model_card(task, metrics, run["draw"], run["params"], Path(args.data_root) / task / "README.md")
+            card = model_card(
+                task, metrics, run["draw"], run["params"], Path(args.data_root) / task / "README.md", pool_metrics
+            )
             dest = SHIPPED_DIR / task
             dest.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                dest / "adapter.pt", lambda tmp: shutil.copyfile(out / "adapter.pt", tmp), overwrite=args.overwrite
-            )
-            atomic_write(dest / "MODEL_CARD.md", lambda tmp: tmp.write_text(card), overwrite=args.overwrite)
-            atomic_write(dest / "test_metrics.json", lambda tmp: shutil.copyfile(scores, tmp), overwrite=args.overwrite)
+            atomic_write(dest / "adapter.pt", partial(shutil.copyfile, out / "adapter.pt"), overwrite=args.overwrite)
+            atomic_write(dest / "MODEL_CARD.md", partial(Path.write_text, data=card), overwrite=args.overwrite)
+            atomic_write(dest / "test_metrics.json", partial(shutil.copyfile, scores), overwrite=args.overwrite)
             print(f"installed {dest}")
     return 0
 

@@ -125,3 +125,29 @@ def write_synthetic_2d(root: Path, n: int = 8, size: tuple[int, int] = (48, 56),
         Image.fromarray(image).save(root / "images" / f"case{i:02d}.png")
         Image.fromarray((disc * 255).astype(np.uint8)).save(root / "masks" / f"case{i:02d}.png")
     return root
+
+
+def write_seg(path: Path, series: Path, seed: int = 0) -> Path:
+    """A DICOM-SEG object (highdicom, one random segment) referencing the series written by :func:`write_series`."""
+    from blosam_med.inference.writers import write_dicom_seg
+
+    files = sorted(series.glob("*.dcm"))
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    shape = (1, int(first.Columns), int(first.Rows), len(files))  # (n, X, Y, Z) on the series' ITK grid
+    mask = np.random.default_rng(seed).random(shape) > 0.7
+    return write_dicom_seg(mask, series, path, ["structure"])
+
+
+def write_rtstruct(path: Path) -> Path:
+    """pydicom's RTSTRUCT test file, saved as a proper Part 10 file (the shipped one has no preamble)."""
+    ds = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` (hidden ones too) with its size and modification time: compare before/after."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}

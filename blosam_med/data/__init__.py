@@ -13,8 +13,15 @@ from blosam_med.data.datalist import (
     validate_pairs,
     write_datalist,
 )
-from blosam_med.data.dicom import check_dicom_file, check_dicom_series, is_dicom_file
-from blosam_med.data.loading import binarise, case_id, image_kind, load_pair, load_samples, mask_values, read_image
+from blosam_med.data.dicom import (
+    check_dicom_file,
+    check_dicom_series,
+    is_dicom_file,
+    non_image_modality,
+    series_non_images,
+)
+from blosam_med.data.files import IMAGE_EXT, NIFTI_EXT, RASTER_EXT, case_id
+from blosam_med.data.loading import binarise, image_kind, load_pair, load_samples, mask_values, read_image
 from blosam_med.data.sampling import describe_draw, sample_shots, split_ab
 from blosam_med.data.slices import slice_spacing, slice_view, slices_to_volume, volume_to_slices
 from blosam_med.data.tasks import AXES, PRESET_DIR, TaskConfig, load_task, preset_names, task_preset_path
@@ -23,6 +30,9 @@ from blosam_med.data.windowing import WINDOW_NAMES, WINDOW_PRESETS, WindowIntens
 __all__ = [
     "AXES",
     "DatalistError",
+    "IMAGE_EXT",
+    "NIFTI_EXT",
+    "RASTER_EXT",
     "PRESET_DIR",
     "TaskConfig",
     "WINDOW_NAMES",
@@ -43,11 +53,13 @@ __all__ = [
     "load_samples",
     "load_task",
     "mask_values",
+    "non_image_modality",
     "open_datalist",
     "prepare_datalist",
     "preset_names",
     "read_image",
     "sample_shots",
+    "series_non_images",
     "slice_spacing",
     "slice_view",
     "slices_to_volume",

@@ -22,8 +22,9 @@ import torch
 from monai.data import load_decathlon_datalist
 
 from blosam_med.data.dicom import is_dicom_file
-from blosam_med.data.loading import NIFTI_EXT, RASTER_EXT, case_id, mask_values, read_image
-from blosam_med.io import atomic_write, check_writable
+from blosam_med.data.files import IMAGE_EXT, case_id
+from blosam_med.data.loading import mask_values, read_image
+from blosam_med.io import check_writable, write_json
 
 __all__ = [
     "DatalistError",
@@ -38,7 +39,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FILE_EXT = (*RASTER_EXT, *NIFTI_EXT, ".dcm")
 _MASK_DIRS = ("masks", "labels")
 _SERIES_LABELS = ("label.nii.gz", "label.nii")
 
@@ -57,7 +57,7 @@ def _stems(folder: Path, problems: list[str]) -> dict[str, Path | None]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        is_image = p.is_file() and (p.name.lower().endswith(_FILE_EXT) or is_dicom_file(p))
+        is_image = p.is_file() and (p.name.lower().endswith(IMAGE_EXT) or is_dicom_file(p))
         if is_image or (p.is_dir() and any(p.iterdir())):
             found.setdefault(case_id(p), []).append(p)
     for stem, paths in found.items():
@@ -108,11 +108,11 @@ def _pair(images: Path, masks: Path | None) -> tuple[list[dict[str, str]], list[
         for s in sorted(set(msks) - set(imgs))
     ]
     if not imgs and not problems:
-        raise FileNotFoundError(f"{images}: no images found ({', '.join(_FILE_EXT)} or DICOM series folders)")
+        raise FileNotFoundError(f"{images}: no images found ({', '.join(IMAGE_EXT)} or DICOM series folders)")
     pairs = [
-        {"image": str(imgs[s].resolve()), "label": str(msks[s].resolve()), "case": s}
+        {"image": str(img.resolve()), "label": str(msk.resolve()), "case": s}
         for s in sorted(set(imgs) & set(msks))
-        if imgs[s] is not None and msks[s] is not None
+        if (img := imgs[s]) is not None and (msk := msks[s]) is not None
     ]
     return pairs, problems
 
@@ -287,7 +287,23 @@ def write_datalist(datalist: dict[str, Any], out: str | Path, overwrite: bool = 
         else v
         for k, v in datalist.items()
     }
-    return atomic_write(out, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=overwrite)
+    return write_json(out, data, overwrite=overwrite)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A datalist's JSON object; malformed JSON is refused naming the file, line and column."""
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}; fix the file or write it "
+            "again with blosam prepare"
+        ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a JSON text file ({err.reason} at byte {err.start})") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a datalist is a JSON object with list sections, found a {type(raw).__name__}")
+    return raw
 
 
 def load_datalist(path: str | Path, split: str = "training") -> list[dict]:
@@ -300,7 +316,7 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: datalist not found")
-    raw = json.loads(path.read_text())
+    raw = _read_json(path)
     sections = [k for k, v in raw.items() if _is_section(v)]
     if split not in sections:
         raise ValueError(f"{path}: no '{split}' section; found {', '.join(sections) or 'none'}")
@@ -316,11 +332,12 @@ def open_datalist(
     ``datalist.json``, or else the pairs of the folder ``data`` with a seeded split (unvalidated)."""
     if not datalist_file and not data:
         raise ValueError("no data: give a data folder (dataset_dir) or a datalist JSON (datalist_file)")
-    path = Path(datalist_file) if datalist_file else Path(data)
+    path = Path(datalist_file or data)  # type: ignore[arg-type]  # one of them is set (checked above)
     if path.is_dir() and (path / "datalist.json").is_file():
         path = path / "datalist.json"
     if path.is_file():
-        sections = [k for k, v in json.loads(path.read_text()).items() if _is_section(v)]
+        raw = _read_json(path)
+        sections = [k for k, v in raw.items() if _is_section(v)]
         return {k: load_datalist(path, k) for k in sections}
     if not path.exists():
         raise FileNotFoundError(f"{path}: datalist or data folder not found")

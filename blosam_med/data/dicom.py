@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,24 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-__all__ = ["is_dicom_file", "check_dicom_file", "check_dicom_series", "dicom_info"]
+__all__ = [
+    "is_dicom_file",
+    "check_dicom_file",
+    "check_dicom_series",
+    "dicom_info",
+    "non_image_modality",
+    "series_non_images",
+    "itk_series_id",
+    "NON_IMAGE_MODALITIES",
+]
 
 logger = logging.getLogger(__name__)
 
 _SKIP_NAMES = {"dicomdir", "readme", "readme.txt", "license", "license.txt"}
+
+#: Modalities of DICOM objects that are not images to segment: segmentations, RT structure sets, plans and
+#: registrations, structured reports, key object selections, presentation states, encapsulated documents.
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "REG", "SR", "KO", "PR", "DOC"})
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -38,6 +52,19 @@ def _read(path: Path, stop_before_pixels: bool) -> pydicom.Dataset:
         raise ValueError(f"{path}: not a DICOM file (no 'DICM' preamble or file meta header; {err})") from err
     except Exception as err:  # pydicom raises many types on truncated headers
         raise ValueError(f"{path}: unreadable or truncated DICOM header ({type(err).__name__}: {err})") from err
+
+
+def non_image_modality(path: str | Path) -> str | None:
+    """The modality of a DICOM file that is not an image (one of :data:`NON_IMAGE_MODALITIES`), else ``None``.
+
+    Only the header is read; a file that is not DICOM or not readable gives ``None`` (the image checks name it).
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except Exception:
+        return None
+    modality = str(ds.get("Modality", "")).upper()
+    return modality if modality in NON_IMAGE_MODALITIES else None
 
 
 def _expected_bytes(ds: pydicom.Dataset) -> int:
@@ -107,8 +134,22 @@ def _series_files(folder: Path) -> list[Path]:
     return files
 
 
+def series_non_images(folder: str | Path) -> list[tuple[Path, str]]:
+    """The non-image DICOM objects (SEG, RTSTRUCT, SR, KO, PR...) in a series folder, with their modality."""
+    found = []
+    for f in _series_files(Path(folder)):
+        modality = non_image_modality(f)
+        if modality is not None:
+            found.append((f, modality))
+    return found
+
+
 def check_dicom_series(folder: str | Path) -> dict[str, Any]:
     """Check that a folder holds exactly one complete image series; return :func:`dicom_info` of its first file.
+
+    Non-image objects in the folder (SEG, RTSTRUCT, SR, KO, PR: a PACS export puts them beside the images) are
+    skipped with a warning naming each; they are listed in the result's ``skipped`` as (path, modality), and
+    ``files`` lists the series' image files.
 
     Raises:
         ValueError: naming the folder or file: no DICOM files, unreadable or truncated files, non-image objects,
@@ -119,11 +160,20 @@ def check_dicom_series(folder: str | Path) -> dict[str, Any]:
     if not files:
         raise ValueError(f"{folder}: no DICOM files; expected the files of one series")
     series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    skipped: list[tuple[Path, str]] = []
     for f in files:
         ds = _read(f, stop_before_pixels=False)
+        modality = str(ds.get("Modality", "")).upper()
+        if modality in NON_IMAGE_MODALITIES:
+            logger.warning("%s: DICOM %s object in series folder %s; skipped (not an image)", f, modality, folder)
+            skipped.append((f, modality))
+            continue
         _check_pixels(f, ds, decode=False)
         ds.PixelData = b""  # keep the header only
         series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    if not series:
+        names = ", ".join(f"{f.name} ({m})" for f, m in skipped)
+        raise ValueError(f"{folder}: no DICOM image files, only non-image objects ({names}); not an image")
     if len(series) > 1:
         counts = ", ".join(f"...{uid[-10:]} ({len(v)} files, e.g. {v[0][0].name})" for uid, v in series.items())
         raise ValueError(f"{folder}: {len(series)} series in one folder: {counts}; put each series in its own folder")
@@ -133,7 +183,23 @@ def check_dicom_series(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"{folder}: slices of different sizes {sorted(sizes)}; not one volume")
     if len(entries) >= 3:
         _check_positions(folder, entries)
-    return dicom_info(entries[0][1])
+    return {**dicom_info(entries[0][1]), "skipped": skipped, "files": [f for f, _ in entries]}
+
+
+def itk_series_id(folder: Path, files: Sequence[Path]) -> str:
+    """The ITK (GDCM) series identifier of the image ``files`` in ``folder``, so that the reader takes them and
+    not a non-image object beside them (MONAI's ITKReader otherwise reads the first series it finds)."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)  # as monai.data.ITKReader does
+    names.AddSeriesRestriction("0008|0021")
+    names.SetDirectory(str(folder))
+    wanted = {Path(f).resolve() for f in files}
+    for uid in names.GetSeriesUIDs():
+        if {Path(f).resolve() for f in names.GetFileNames(uid)} == wanted:
+            return uid
+    raise ValueError(f"{folder}: the image series cannot be told apart from the other DICOM objects in the folder")
 
 
 def _check_positions(folder: Path, entries: list[tuple[Path, pydicom.Dataset]]) -> None:

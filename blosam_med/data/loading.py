@@ -18,41 +18,30 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
-from blosam_med.data.dicom import check_dicom_file, check_dicom_series, is_dicom_file
+from blosam_med.data.dicom import (
+    NON_IMAGE_MODALITIES,
+    check_dicom_file,
+    check_dicom_series,
+    is_dicom_file,
+    itk_series_id,
+)
+from blosam_med.data.files import DICOM_EXT, NIFTI_EXT, RASTER_EXT, case_id
 from blosam_med.data.slices import volume_to_slices
 from blosam_med.data.tasks import TaskConfig
 from blosam_med.data.windowing import WindowIntensity
 
-__all__ = ["read_image", "load_pair", "load_samples", "volume_to_slices", "case_id", "image_kind", "RASTER_EXT"]
+__all__ = ["read_image", "load_pair", "load_samples", "image_kind"]
 
 logger = logging.getLogger(__name__)
 
-#: File endings read with PIL.
-RASTER_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-NIFTI_EXT = (".nii", ".nii.gz")
 _KEY = "image"
-
-
-def case_id(path: str | Path) -> str:
-    """A case name from a file or folder: the name without image endings (``a.nii.gz`` -> ``a``).
-
-    A DICOM series folder named ``dicom`` (the ``<case>/dicom/`` layout) takes its parent's name.
-    """
-    p = Path(str(path).rstrip("/"))
-    if p.name.lower() == "dicom" and p.parent.name:
-        return p.parent.name
-    name = p.name
-    for ext in (*NIFTI_EXT, *RASTER_EXT, ".dcm"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def image_kind(path: str | Path) -> str:
@@ -65,7 +54,7 @@ def image_kind(path: str | Path) -> str:
         return "nifti"
     if name.endswith(RASTER_EXT):
         return "raster"
-    if name.endswith(".dcm") or is_dicom_file(path):
+    if name.endswith(DICOM_EXT) or is_dicom_file(path):
         return "dicom"
     raise ValueError(
         f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
@@ -117,10 +106,26 @@ def _as_2d(img: MetaTensor, path: Path, spacing: tuple[float, float] | None, ext
 
 def _meta_2d(arr: torch.Tensor, path: Path, spacing: tuple[float, float] | None, extra: dict) -> MetaTensor:
     known = spacing is not None
-    spacing = spacing if known else (1.0, 1.0)
-    affine = torch.diag(torch.tensor([spacing[0], spacing[1], 1.0, 1.0], dtype=torch.float64))
-    meta = {"filename_or_obj": str(path), "spacing": tuple(float(s) for s in spacing), "spacing_known": known, **extra}
+    row, col = spacing if spacing is not None else (1.0, 1.0)
+    affine = torch.diag(torch.tensor([row, col, 1.0, 1.0], dtype=torch.float64))
+    meta = {"filename_or_obj": str(path), "spacing": (float(row), float(col)), "spacing_known": known, **extra}
     return MetaTensor(arr, affine=affine, meta=meta)
+
+
+def _check_nifti_dims(path: Path) -> None:
+    """Refuse a NIfTI with a 4th (time or channel) axis longer than 1, naming the file and its shape."""
+    import nibabel as nib
+
+    try:
+        image: Any = nib.load(str(path))  # a Nifti1Image / Nifti2Image: the stubs name only the base class
+        shape = tuple(int(s) for s in image.shape)
+    except Exception:
+        return
+    if len(shape) > 3 and any(s > 1 for s in shape[3:]):
+        raise ValueError(
+            f"{path}: a {len(shape)}D NIfTI of shape {shape} (time series or several channels); expected a 2D "
+            "image or a 3D volume (a 4th axis of size 1 is accepted); save one volume per file"
+        )
 
 
 def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTensor:
@@ -162,9 +167,15 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
             return _as_2d(img, path, info["spacing"], {**extra, "kind": "2d"})
     elif kind == "series":
         info = check_dicom_series(path)
-        img = _load(path, ITKReader())
+        if info["skipped"]:  # read the image series by its id; MONAI's note about several series is expected
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*more than one DICOM series")
+                img = _load(path, ITKReader(series_name=itk_series_id(path, info["files"])))
+        else:
+            img = _load(path, ITKReader())
         extra = {"photometric": info["photometric"], "modality": info["modality"]}
     else:
+        _check_nifti_dims(path)
         img = _load(path, NibabelReader())
         extra = {}
         if img.ndim == 3 or (img.ndim == 4 and img.shape[-1] == 1 and spatial_dims != 3):  # 2D: (C, X, Y[, 1])
@@ -175,13 +186,14 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
             "(channel first); 4D (time series) volumes are not supported"
         )
     img.meta.update(extra, kind="volume", filename_or_obj=str(path))
-    if not (spatial_dims == 2 and kind == "dicom"):  # multi-frame in a 2D task: frames as stored
-        img = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
-    return img
+    if spatial_dims == 2 and kind == "dicom":  # multi-frame in a 2D task: frames as stored
+        return img
+    oriented = Orientationd(_KEY, axcodes="RAS", labels=None)({_KEY: img})[_KEY]
+    return cast(MetaTensor, oriented)  # Orientationd keeps the MetaTensor (its signature says Tensor)
 
 
-def _to_channels(img: torch.Tensor, channels: int, path: Path) -> torch.Tensor:
-    c = img.shape[0]
+def _to_channels(img: torch.Tensor, task: TaskConfig, path: Path) -> torch.Tensor:
+    c, channels = img.shape[0], task.channels
     if c in (2, 4):  # grey + alpha, RGBA: drop alpha
         img, c = img[: c - 1], c - 1
     if c == channels:
@@ -189,6 +201,12 @@ def _to_channels(img: torch.Tensor, channels: int, path: Path) -> torch.Tensor:
     if channels == 1 and c == 3:
         return img.float().mean(0, keepdim=True)
     if channels == 3 and c == 1:
+        logger.warning(
+            "%s: a grayscale image (1 channel), but task '%s' expects 3 channels (RGB); the grey channel is copied "
+            "to all three, and results may be much worse than on colour images",
+            path,
+            task.name,
+        )
         return img.expand(3, *img.shape[1:]).contiguous()
     raise ValueError(f"{path}: {c} channels; the task expects {channels} (1 grey or 3 RGB)")
 
@@ -215,6 +233,19 @@ def mask_values(label: torch.Tensor, path: str | Path) -> torch.Tensor:
     return lab
 
 
+def _check_binary(label: torch.Tensor, path: Path, task: TaskConfig) -> None:
+    """A task without declared ``label_values`` takes every non-zero value as foreground: refuse a mask with several
+    non-zero values (a label map), as ``blosam prepare`` does, instead of merging its structures silently."""
+    if task.foreground_values is not None:
+        return
+    present = [int(v) for v in torch.unique(torch.as_tensor(label)).tolist() if v != 0]
+    if len(present) > 1:
+        raise ValueError(
+            f"{path}: not a binary mask: values {present[:8]} besides 0, but task '{task.name}' has one label "
+            "(label_values: nonzero); declare the foreground values (label_values: [1]) or save 0/1 or 0/255 masks"
+        )
+
+
 def binarise(label: torch.Tensor, values: Sequence[int] | None) -> torch.Tensor:
     """uint8 0/1: 1 where ``label`` is one of ``values`` (``None``: where it is non-zero)."""
     lab = torch.as_tensor(label)
@@ -224,7 +255,11 @@ def binarise(label: torch.Tensor, values: Sequence[int] | None) -> torch.Tensor:
 
 
 def load_pair(
-    image_path: str | Path, label_path: str | Path | None = None, task: TaskConfig | None = None
+    image_path: str | Path,
+    label_path: str | Path | None = None,
+    task: TaskConfig | None = None,
+    *,
+    check_labels: bool = False,
 ) -> dict[str, Any]:
     """An image windowed to [0, 1] with the task's channels, and its 0/1 mask on the same grid.
 
@@ -232,6 +267,8 @@ def load_pair(
         image_path: image file or DICOM series folder.
         label_path: mask file (PNG, NIfTI, DICOM) on the image's grid, or ``None``.
         task: the task (window, channels, label values, 2D or 3D).
+        check_labels: refuse a mask with several non-zero values when the task has one label (``label_values:
+            nonzero``), as ``blosam prepare`` does; training sets it, so structures are never merged silently.
 
     Returns:
         ``image``: MetaTensor float32 (C, H, W) or (C, X, Y, Z) RAS in [0, 1]; ``label``: MetaTensor uint8 (1, ...)
@@ -240,12 +277,16 @@ def load_pair(
 
     Raises:
         FileNotFoundError, ValueError: naming the file: unreadable, NaN/inf, wrong channel count, image and mask
-            shapes differ, 2D/3D mismatch with the task.
+            shapes differ, 2D/3D mismatch with the task, several mask labels for a one-label task
+            (``check_labels``).
     """
     if task is None:
         raise TypeError("load_pair needs a task (TaskConfig or a preset name via load_task)")
     image_path = Path(image_path)
     image = read_image(image_path, spatial_dims=task.spatial_dims)
+    modality = str(image.meta.get("modality", "")).upper()
+    if modality in NON_IMAGE_MODALITIES:  # a DICOM-SEG reads as pixels; it is a mask, not an image to segment
+        raise ValueError(f"{image_path}: a DICOM {modality} object; not an image (give the image or series it labels)")
     kind = image.meta.get("kind", "2d")
     if kind == "volume" and task.spatial_dims == 2:
         if image.meta.get("frames", 1) <= 1:
@@ -259,7 +300,7 @@ def load_pair(
         windowed = WindowIntensity(task.window, task.width, task.level)(image.float())
     except ValueError as err:
         raise ValueError(f"{image_path}: {err}") from err
-    pixels = _to_channels(torch.as_tensor(windowed), task.channels, image_path).float()
+    pixels = _to_channels(torch.as_tensor(windowed), task, image_path).float()
     out: dict[str, Any] = {
         "image": MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
         "image_path": str(image_path),
@@ -274,6 +315,8 @@ def load_pair(
                 f"{label_path}: mask size {tuple(lab.shape[1:])} differs from image {image_path.name} "
                 f"size {tuple(image.shape[1:])}"
             )
+        if check_labels:
+            _check_binary(lab, label_path, task)
         if kind == "volume" and not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=1e-2):
             logger.warning("%s: affine differs from image %s; using the image's geometry", label_path, image_path)
         out["label"] = MetaTensor(binarise(lab, task.foreground_values), affine=image.affine, meta=_meta(label))
@@ -319,6 +362,7 @@ def load_samples(
     foreground_only: bool | None = None,
     every_n: int | None = None,
     axis: str | None = None,
+    check_labels: bool = False,
 ) -> list[dict[str, Any]]:
     """2D samples for datalist entries ``{"image": path, "label": path}`` (``label`` optional).
 
@@ -331,6 +375,7 @@ def load_samples(
             training; pass ``False`` for evaluation and inference).
         every_n: volumes: every n-th slice (default ``task.every_n``).
         axis: volumes: slicing axis (default ``task.axis``).
+        check_labels: see :func:`load_pair` (training sets it).
 
     Returns:
         one dict per 2D sample: ``image`` float32 (C, H, W) in [0, 1]; ``label`` uint8 (1, H, W) 0/1 (when labelled);
@@ -347,7 +392,7 @@ def load_samples(
             raise ValueError(f"datalist entry {item} has no 'image'")
         image_path = _resolve(item["image"], base)
         label_path = None if item.get("label") is None else _resolve(item["label"], base)
-        pair = load_pair(image_path, label_path, task=task)
+        pair = load_pair(image_path, label_path, task=task, check_labels=check_labels)
         case = item.get("case") or case_id(image_path)
         if pair["kind"] == "volume":
             slices = volume_to_slices(pair, axis or task.axis, fg and label_path is not None, step, case)

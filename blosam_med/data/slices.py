@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from blosam_med.data.files import case_id
 from blosam_med.data.tasks import AXES
 
 __all__ = ["slice_view", "slice_spacing", "slices_to_volume", "volume_to_slices", "axis_index"]
@@ -70,7 +71,7 @@ def slices_to_volume(
     shape = tuple(int(s) for s in source["shape"])
     first = torch.as_tensor(slices[0])
     out = torch.full((first.shape[0], *shape), fill, dtype=first.dtype)
-    for s, i in zip(slices, indices):
+    for s, i in zip(slices, indices, strict=True):
         s = torch.as_tensor(s)
         out.select(a + 1, int(i)).copy_(s.flip(-1, -2).transpose(-1, -2))
     return out
@@ -99,8 +100,6 @@ def volume_to_slices(
         ``source``: ``shape`` (X, Y, Z), ``affine`` (4x4 numpy, RAS grid), ``original_affine`` (as read), ``axis``
         (int), ``axis_name``.
     """
-    from blosam_med.data.loading import case_id  # here to keep slices.py free of reader imports
-
     image, label = pair["image"], pair.get("label")
     if image.ndim != 4:
         raise ValueError(f"{pair.get('image_path')}: expected a (C, X, Y, Z) volume, got shape {tuple(image.shape)}")
@@ -115,13 +114,13 @@ def volume_to_slices(
         "shape": tuple(int(s) for s in image.shape[1:]),
         "affine": affine,
         "axis": a,
-        "axis_name": [k for k, v in AXES.items() if v == a][0],
+        "axis_name": next(k for k, v in AXES.items() if v == a),
         "original_affine": np.asarray(meta.get("original_affine", affine), dtype=float),
     }
     spacing = slice_spacing(affine, a)
     img_t, lab_t = _plain(image), None if label is None else _plain(label)
     candidates = list(range(image.shape[a + 1]))
-    if foreground_only:
+    if foreground_only and lab_t is not None:
         other = tuple(d for d in range(4) if d != a + 1)
         candidates = torch.nonzero(lab_t.amax(dim=other) > 0).flatten().tolist()
     case = case or case_id(pair.get("image_path", "volume"))

@@ -47,6 +47,9 @@ class TaskConfig:
         foreground_only: training uses only slices that contain the structure.
         every_n: training keeps every n-th slice of a volume.
         shot_unit: for volumes, a shot is one annotated ``slice`` or a whole volume (``case``).
+        keep_components: predicted masks keep only their ``n`` largest connected components (``0``: all), per 2D
+            image or slice; chosen per task on the evaluation pool (``scripts/screen_postprocess.py``).
+        fill_holes: predicted masks get their enclosed holes filled.
         description: free text.
     """
 
@@ -64,6 +67,8 @@ class TaskConfig:
     foreground_only: bool = True
     every_n: int = 1
     shot_unit: str = "slice"
+    keep_components: int = 0
+    fill_holes: bool = False
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class TaskConfig:
             raise ValueError(f"{where}: window 'custom' needs width and level")
         if self.shot_unit not in ("slice", "case"):
             raise ValueError(f"{where}: shot_unit must be 'slice' or 'case', got '{self.shot_unit}'")
+        if int(self.keep_components) < 0:
+            raise ValueError(f"{where}: keep_components must be >= 0 (0 keeps all), got {self.keep_components}")
         if int(self.shots) < 1 or int(self.every_n) < 1:
             raise ValueError(f"{where}: shots and every_n must be >= 1, got {self.shots}, {self.every_n}")
         values = self.label_values
@@ -96,7 +103,7 @@ class TaskConfig:
     @property
     def foreground_values(self) -> tuple[int, ...] | None:
         """The foreground label values, or ``None`` when every non-zero value counts."""
-        return None if self.label_values == NONZERO else tuple(self.label_values)
+        return None if isinstance(self.label_values, str) else tuple(self.label_values)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskConfig:

@@ -68,7 +68,7 @@ class WindowIntensity(Transform):
             ``"none"`` / ``"rgb"`` data outside the range they accept (at call).
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]  # noqa: RUF012 (MONAI's Transform attribute)
 
     def __init__(
         self,
@@ -88,11 +88,11 @@ class WindowIntensity(Transform):
             custom = width is not None and level is not None
             a_min, a_max = window_range("custom" if custom else window, width, level)
             self.range = (a_min, a_max)
-            self._scaler = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True, dtype=torch.float32)
+            self._scaler = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True, dtype=torch.float32)  # type: ignore[arg-type]  # MONAI accepts torch dtypes
         elif window == "percentile":
             if not 0 <= lower < upper <= 100:
                 raise ValueError(f"percentiles need 0 <= lower < upper <= 100, got {lower}, {upper}")
-            self._scaler = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True, dtype=torch.float32)
+            self._scaler = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True, dtype=torch.float32)  # type: ignore[arg-type]  # MONAI accepts torch dtypes
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Window ``img`` (any shape, channel-first by MONAI convention); returns float32 in [0, 1], same type."""

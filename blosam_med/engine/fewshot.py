@@ -24,9 +24,10 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Sampler
 
 from blosam_med.data import TaskConfig, case_id, describe_draw, load_samples, sample_shots, split_ab
-from blosam_med.io import atomic_write
+from blosam_med.io import write_json
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
+from blosam_med.variants import check_name
 
 __all__ = [
     "FewShotData",
@@ -36,12 +37,7 @@ __all__ = [
     "label_target",
     "augmentation",
     "DrawMismatchError",
-    "ROLES",
 ]
-
-#: How the shots serve the two levels: ``fixed`` (A trains the adapter, B the prompt, as in the paper) or
-#: ``alternate`` (A and B swap roles every iteration, so every shot trains both levels, never in the same step).
-ROLES = ("fixed", "alternate")
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +76,16 @@ def augmentation() -> Compose:
     )
 
 
-def _views(sample: dict, views: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """View 0 is the sample itself; views 1..K are seeded augmentations (the same on every run)."""
+def _views(sample: dict, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """View 0 is the sample itself; views 1..K are seeded augmentations.
+
+    View ``k`` of an image depends on ``(k, case, slice)`` only, not on the draw's seed nor on the other shots, so
+    its embedding is encoded once and reused by every draw (and every run) that picks the image.
+    """
     out = [(torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]))]
     aug = augmentation()
     for k in range(1, views + 1):
-        aug.set_random_state(seed=int(np.random.SeedSequence([seed, k, hash_case(sample)]).generate_state(1)[0]))
+        aug.set_random_state(seed=int(np.random.SeedSequence([k, hash_case(sample)]).generate_state(1)[0]))
         d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
         out.append(
             (torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8))
@@ -156,15 +156,16 @@ def draw_shot_samples(
     Every method of a study that uses this draw (BLO-SAM, single-level, a U-Net) trains on the same samples.
 
     Raises:
-        ValueError: a drawn shot has no labelled structure (the message names the files).
+        ValueError: a drawn shot has no labelled structure, or its mask has several labels for a one-label task
+            (the message names the files).
     """
     pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
     if task.spatial_dims == 3 and task.shot_unit == "slice":
-        slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True)
+        slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True, check_labels=True)
         shot_samples = sample_shots(slices, shots, seed)
     else:
         chosen = sample_shots(pool, shots, seed)
-        shot_samples = load_samples(chosen, task, base_dir=base_dir)
+        shot_samples = load_samples(chosen, task, base_dir=base_dir, check_labels=True)
     empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
     if empty:
         raise ValueError(
@@ -186,7 +187,7 @@ class FewShotData:
         views: augmented views per shot besides the original (0 = none).
         fraction_a: share of the shots in subset A.
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
-        roles: ``fixed`` or ``alternate`` (see :data:`ROLES`); bi-level only.
+        roles: ``fixed`` or ``alternate`` (see :data:`blosam_med.engine.variants.ROLES`); bi-level only.
         base_dir: folder the datalist paths are relative to.
     """
 
@@ -195,16 +196,16 @@ class FewShotData:
         items: Sequence[dict],
         task: TaskConfig,
         cache: EmbeddingCache,
+        *,
         shots: int,
-        seed: int = 0,
-        views: int = 0,
-        fraction_a: float = 0.5,
-        bilevel: bool = True,
-        roles: str = "fixed",
+        seed: int,
+        views: int,
+        fraction_a: float,
+        bilevel: bool,
+        roles: str,
         base_dir: str | Path | None = None,
     ) -> None:
-        if roles not in ROLES:
-            raise ValueError(f"roles must be one of {ROLES}, got '{roles}'")
+        check_name("roles", roles)
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
         self.roles = roles if bilevel else "fixed"
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
@@ -213,7 +214,7 @@ class FewShotData:
             a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
         else:
             a, b = list(shot_samples), []
-        self.draw = describe_draw(a, b)
+        self.draw: dict[str, Any] = dict(describe_draw(a, b))
         self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
         if self.roles != "fixed":
             self.draw["roles"] = self.roles
@@ -224,7 +225,7 @@ class FewShotData:
         )
 
     def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
-        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views, self.seed))]
+        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views))]
         if not pairs:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
@@ -236,7 +237,7 @@ class FewShotData:
                 "slice": -1 if s.get("slice") is None else int(s["slice"]),
                 "view": v,
             }
-            for e, (s, v, _, lab) in zip(emb, pairs)
+            for e, (s, v, _, lab) in zip(emb, pairs, strict=True)
         ]
 
     def loader(self, subset: str, batch_size: int, num_samples: int | None = None, num_workers: int = 0) -> DataLoader:
@@ -254,6 +255,7 @@ class FewShotData:
         if num_samples is None:
             return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         seed = self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key]
+        sampler: EpochSampler
         if self.roles == "alternate" and key in ("a", "b"):
             n_a, n_b = len(self.subset_a), len(self.subset_b)
             bs = min(batch_size, n_a, n_b)
@@ -275,4 +277,4 @@ class FewShotData:
                     "the same data, shots, seed and views"
                 )
             return path
-        return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.draw, indent=1)), overwrite=True)
+        return write_json(path, self.draw, overwrite=True)

@@ -20,7 +20,7 @@ step, ``R`` and the result are those of one process holding the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -37,31 +37,38 @@ def _local(grads: list) -> list:
     return grads
 
 
+def _nothing() -> None:
+    """The default ``on_loss``."""
+
+
 def first_order_hypergradient(
     model: BloSam,
     loss_fn: Loss,
     batch_b: tuple[torch.Tensor, torch.Tensor],
     *,
     reduce: Reduce = _local,
+    on_loss: Callable[[], None] = _nothing,
     **_: object,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the B loss with respect to the prompt at the current lower weights.
 
-    ``reduce`` averages the gradients over processes in place (see the module docstring).
+    ``reduce`` averages the gradients over processes in place (see the module docstring); ``on_loss`` is called once
+    the B loss is computed (the trainer fires ``BiLevelEvents.UPPER_FORWARD_COMPLETED`` there).
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss, detached).
     """
     emb_b, y_b = batch_b
     loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
+    on_loss()
     grads = list(torch.autograd.grad(loss_b, model.upper_parameters()))
     reduce(grads)
     return grads, loss_b.detach()
 
 
-def _set_(params: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+def _set_(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
     with torch.no_grad():
-        for p, v in zip(params, values):
+        for p, v in zip(params, values, strict=True):
             p.copy_(v)
 
 
@@ -74,10 +81,12 @@ def second_order_hypergradient(
     xi: float,
     eps: float = 0.01,
     reduce: Reduce = _local,
+    on_loss: Callable[[], None] = _nothing,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DARTS second-order hypergradient: one virtual SGD step of the lower level on ``batch_a`` with step ``xi``,
     the B loss at the stepped weights, and a finite-difference Hessian-vector product (3 extra forward/backward
-    passes, no second derivatives). ``reduce`` averages each gradient over processes before use (module docstring).
+    passes, no second derivatives). ``reduce`` averages each gradient over processes before use (module docstring);
+    ``on_loss`` is called once the B loss at the stepped weights is computed.
 
     Returns:
         (gradients for ``model.upper_parameters()``, the B loss at the virtual weights, detached).
@@ -93,25 +102,28 @@ def second_order_hypergradient(
     try:
         g_a = list(torch.autograd.grad(loss_a(), lower, allow_unused=True))
         reduce(g_a)
-        _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a)])  # w' (virtual step)
+        # w' (virtual step)
+        _set_(lower, [w - xi * g if g is not None else w for w, g in zip(original, g_a, strict=True)])
         loss_b = loss_fn(model.forward_embeddings(emb_b), y_b)
+        on_loss()
         grads = list(torch.autograd.grad(loss_b, lower + upper, allow_unused=True))
         reduce(grads)
-        v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower)]
-        direct = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[len(lower) :], upper)]
-        norm = torch.sqrt(sum((vi.double() ** 2).sum() for vi in v))
+        v = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads[: len(lower)], lower, strict=True)]
+        direct = [g if g is not None else torch.zeros_like(a) for g, a in zip(grads[len(lower) :], upper, strict=True)]
+        norm = torch.sqrt(torch.stack([(vi.double() ** 2).sum() for vi in v]).sum())
         if norm == 0:
             return direct, loss_b.detach()
         r = eps / norm.item()
-        _set_(lower, [w + r * vi for w, vi in zip(original, v)])
+        _set_(lower, [w + r * vi for w, vi in zip(original, v, strict=True)])
         g_plus = list(torch.autograd.grad(loss_a(), upper))
-        _set_(lower, [w - r * vi for w, vi in zip(original, v)])
+        _set_(lower, [w - r * vi for w, vi in zip(original, v, strict=True)])
         g_minus = list(torch.autograd.grad(loss_a(), upper))
         reduce(g_plus + g_minus)
     finally:
         _set_(lower, original)
-    hyper = [d - xi * (gp - gm) / (2 * r) for d, gp, gm in zip(direct, g_plus, g_minus)]
+    hyper = [d - xi * (gp - gm) / (2 * r) for d, gp, gm in zip(direct, g_plus, g_minus, strict=True)]
     return hyper, loss_b.detach()
 
 
+#: The function of each name of :data:`blosam_med.variants.HYPERGRADIENTS`.
 HYPERGRADIENTS = {"first_order": first_order_hypergradient, "second_order": second_order_hypergradient}

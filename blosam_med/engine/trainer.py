@@ -1,4 +1,4 @@
-"""BLO-SAM training as MONAI engines: the bi-level trainer and the single-level baseline."""
+"""BLO-SAM training as a MONAI engine: the bi-level trainer, which is the single-level baseline without subset B."""
 
 from __future__ import annotations
 
@@ -14,22 +14,26 @@ from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
 from blosam_med import distributed as dist_utils
+from blosam_med.engine.events import BiLevelEvents
 from blosam_med.engine.hypergradient import HYPERGRADIENTS
 from blosam_med.model.blosam import BloSam
+from blosam_med.variants import check_name
 
-__all__ = ["BiLevelTrainer", "SingleLevelTrainer", "bilevel_param_groups", "TrainableState"]
+__all__ = ["BiLevelTrainer", "bilevel_param_groups", "TrainableState"]
 
 
 def bilevel_param_groups(
     network: BloSam,
-    lr: float = 1e-3,
-    weight_decay: float = 0.1,
+    *,
+    lr: float,
+    weight_decay: float,
     upper_lr: float | None = None,
     upper_weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: group 0 lower level (LoRA + heads), group 1 upper level (prompt).
 
-    One optimizer with two groups behaves as two optimizers here: each step only gives gradients to one level's
+    ``lr`` and ``weight_decay`` come from the bundle (train.yaml); the upper group takes ``upper_lr`` (default: ``lr``)
+    and ``upper_weight_decay``. One optimizer with two groups behaves as two optimizers here: each step only gives gradients to one level's
     parameters (``AdamW`` skips parameters without a gradient), while MONAI's handlers (checkpointing, LR
     scheduling, MLflow's ``lr_group_<i>``) see a single ``engine.optimizer``.
     """
@@ -80,7 +84,9 @@ class BiLevelTrainer(Trainer):
        :mod:`blosam_med.engine.hypergradient`), applied to the prompt only.
 
     Without ``upper_data_loader`` it is the single-level baseline: one joint step of all trained parameters per
-    batch. The usual engine events fire, so MONAI handlers work unchanged. After decollation every output item
+    batch. The usual engine events fire, so MONAI handlers work unchanged; inside an iteration the trainer fires
+    :class:`~blosam_med.engine.events.BiLevelEvents` (lower forward/backward completed, then upper forward/backward
+    completed) before ``IterationEvents.MODEL_COMPLETED``. After decollation every output item
     carries ``"loss"`` as a dict of floats (``loss_lower``, ``loss_upper``; ``loss_joint`` single-level), which
     ``from_engine(["loss"], first=True)`` hands to StatsHandler and MLFlowHandler as one metric per key.
 
@@ -139,8 +145,7 @@ class BiLevelTrainer(Trainer):
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
     ) -> None:
-        if hypergradient not in HYPERGRADIENTS:
-            raise ValueError(f"hypergradient must be one of {sorted(HYPERGRADIENTS)}, got '{hypergradient}'")
+        check_name("hypergradient", hypergradient)
         if distributed and not dist_utils.is_distributed():
             raise ValueError(
                 "distributed=True needs an initialised torch.distributed process group: run under "
@@ -175,6 +180,7 @@ class BiLevelTrainer(Trainer):
         self.optim_set_to_none = optim_set_to_none
         self._upper_iter: Any = None
         self._check_groups()
+        self.register_events(*BiLevelEvents)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_sampler_epochs)
         if distributed:
             self.add_event_handler(Events.STARTED, self._broadcast_parameters)
@@ -201,9 +207,9 @@ class BiLevelTrainer(Trainer):
     def _set_sampler_epochs(self, engine: BiLevelTrainer) -> None:
         """Seed per-epoch samplers of both loaders by the epoch, so a resumed run draws the same batches."""
         for loader in (engine.data_loader, engine.upper_data_loader):
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(engine.state.epoch)
+            set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(engine.state.epoch)
 
     def _broadcast_parameters(self, engine: BiLevelTrainer) -> None:
         """Every process starts from rank 0's trained tensors (a resumed run then loads the same checkpoint)."""
@@ -214,6 +220,8 @@ class BiLevelTrainer(Trainer):
         return list(dist_utils.average_(tensors)) if self.distributed else tensors
 
     def _next_upper_batch(self) -> Any:
+        if self.upper_data_loader is None:
+            raise RuntimeError("single-level training has no upper data loader")
         if self._upper_iter is None:
             self._upper_iter = iter(self.upper_data_loader)
         try:
@@ -253,14 +261,17 @@ class BiLevelTrainer(Trainer):
             with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
                 logits = engine.network.forward_embeddings(x_a)
                 loss_a = engine.loss_function(logits, y_a)
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine.fire_event(BiLevelEvents.LOWER_FORWARD_COMPLETED)
             engine._backward(loss_a)
         stepped = lower + upper if not engine.bilevel else lower
         engine._average([p.grad for p in stepped])
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.fire_event(BiLevelEvents.LOWER_BACKWARD_COMPLETED)
         engine._step(stepped)
-        output = {Keys.PRED: logits.detach(), Keys.LABEL: y_a, Keys.LOSS: engine._average([loss_a.detach().clone()])[0]}
+        output: dict[str, Any] = {
+            Keys.PRED: logits.detach(),
+            Keys.LABEL: y_a,
+            Keys.LOSS: engine._average([loss_a.detach().clone()])[0],
+        }
 
         # upper level
         if engine.bilevel:
@@ -275,9 +286,11 @@ class BiLevelTrainer(Trainer):
                 xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(),
                 eps=engine.fd_epsilon,
                 reduce=engine._average,
+                on_loss=lambda: engine.fire_event(BiLevelEvents.UPPER_FORWARD_COMPLETED),
             )
+            engine.fire_event(BiLevelEvents.UPPER_BACKWARD_COMPLETED)
             engine.optimizer.zero_grad(set_to_none=True)
-            for p, g in zip(upper, grads):
+            for p, g in zip(upper, grads, strict=True):
                 p.grad = g.detach()
             engine._step(upper)
             output["loss_upper"] = engine._average([loss_b.clone()])[0]
@@ -292,11 +305,3 @@ class BiLevelTrainer(Trainer):
                 item[Keys.LOSS] = {"loss_lower": float(item[Keys.LOSS]), "loss_upper": float(item.pop("loss_upper"))}
             else:
                 item[Keys.LOSS] = {"loss_joint": float(item[Keys.LOSS])}
-
-
-class SingleLevelTrainer(BiLevelTrainer):
-    """The baseline: the same parameters (LoRA, heads, prompt) trained jointly on all shots, one step per batch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.pop("upper_data_loader", None)
-        super().__init__(*args, upper_data_loader=None, **kwargs)

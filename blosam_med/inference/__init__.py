@@ -7,11 +7,13 @@ from blosam_med.inference.infer import (
     FORMATS,
     CasePrediction,
     collect_inputs,
+    find_inputs,
     load_adapters,
     predict_case,
     run_inference,
     write_case,
 )
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor
 from blosam_med.inference.writers import (
     to_source_grid,
@@ -26,7 +28,9 @@ __all__ = [
     "FORMATS",
     "CasePrediction",
     "Predictor",
+    "mask_postprocess",
     "collect_inputs",
+    "find_inputs",
     "evaluate_adapter",
     "group_volumes",
     "load_adapters",

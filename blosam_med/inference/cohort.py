@@ -27,14 +27,16 @@ from monai.data import partition_dataset
 
 from blosam_med import distributed
 from blosam_med.data import case_id
-from blosam_med.io import OutputExistsError, atomic_write
+from blosam_med.io import OutputExistsError, write_json
 
-__all__ = ["CaseLedger", "run_signature", "shard_entries", "run_cohort", "STATUS_DIR", "MANIFEST"]
+__all__ = ["CaseLedger", "check_manifest", "run_signature", "shard_entries", "run_cohort", "STATUS_DIR", "MANIFEST"]
 
 logger = logging.getLogger(__name__)
 
 STATUS_DIR = ".blosam_status"
 MANIFEST = "manifest.json"
+#: Marks a manifest written by :func:`run_cohort`, which a rerun may replace.
+MANIFEST_FORMAT = "blosam_med.manifest/1"
 
 #: ``claim(paths)``: refuse outputs that are not ours, then record them as this case's planned outputs.
 Claim = Callable[[dict[str, Path]], None]
@@ -46,10 +48,6 @@ def run_signature(adapters: Sequence[str | Path], **options: Any) -> str:
     for path in adapters:
         h.update(Path(path).read_bytes())
     return h.hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)), overwrite=True)
 
 
 class CaseLedger:
@@ -93,7 +91,7 @@ class CaseLedger:
     def mark(self, case: str, status: str, **fields: Any) -> dict[str, Any]:
         """Write the case's status file atomically; returns the record."""
         record = {"case": case, "status": status, "signature": self.signature, "time": time.time(), **fields}
-        _write_json(self.path(case), record)
+        write_json(self.path(case), record, overwrite=True)
         return record
 
     def claim(self, case: str, outputs: dict[str, Path], overwrite: bool, **fields: Any) -> None:
@@ -108,10 +106,31 @@ class CaseLedger:
         for path in outputs.values():
             if Path(path).exists() and not overwrite and str(path) not in ours:
                 raise OutputExistsError(
-                    f"{path}: already exists and no earlier run of this folder wrote it; pass "
-                    "--overwrite (overwrite=True) to replace it"
+                    f"{path}: already exists and no earlier run of this folder wrote it; pass --overwrite to replace it"
                 )
         self.mark(case, "running", outputs={k: str(v) for k, v in outputs.items()}, **fields)
+
+
+def check_manifest(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an existing ``<out_dir>/manifest.json`` that no cohort run wrote, unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: naming the file.
+    """
+    path = Path(out_dir) / MANIFEST
+    if overwrite or not path.exists():
+        return
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = None
+    ours = isinstance(found, dict) and (
+        found.get("format") == MANIFEST_FORMAT or {"cases", "counts", "world_size"} <= set(found)  # older runs
+    )
+    if not ours:
+        raise OutputExistsError(
+            f"{path}: already exists and no blosam run wrote it; pass --overwrite to replace it, or choose another --out"
+        )
 
 
 def shard_entries(entries: Sequence[dict], rank: int, world_size: int) -> list[dict]:
@@ -166,6 +185,7 @@ def run_cohort(
     """
     rank, world = distributed.get_rank(), distributed.get_world_size()
     entries = _with_cases(entries)
+    check_manifest(out_dir, overwrite)
     ledger = CaseLedger(out_dir, signature)
     started = time.time()
     mine = []
@@ -177,6 +197,7 @@ def run_cohort(
     if rank == 0:
         counts = {s: sum(r["status"] == s for r in records) for s in ("done", "skipped", "failed")}
         manifest = {
+            "format": MANIFEST_FORMAT,
             **(description or {}),
             "out": str(out_dir),
             "world_size": world,
@@ -185,7 +206,7 @@ def run_cohort(
             "counts": counts,
             "cases": records,
         }
-        _write_json(Path(out_dir) / MANIFEST, manifest)
+        write_json(Path(out_dir) / MANIFEST, manifest, overwrite=True)
         logger.info(
             "%s: %d done, %d skipped (finished earlier), %d failed",
             Path(out_dir) / MANIFEST,

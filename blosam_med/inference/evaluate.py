@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -12,13 +11,16 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor, default_batch_size
-from blosam_med.io import atomic_write
-from blosam_med.metrics import evaluate_cases
+from blosam_med.io import write_json
+from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
+from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.tracking import log_evaluation
 
-__all__ = ["evaluate_adapter", "group_volumes"]
+__all__ = ["evaluate_adapter", "score_predictions", "group_volumes"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,47 @@ def group_volumes(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[s
     return out
 
 
+def _per_sample(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[str, Any]]:
+    return [
+        {
+            "case": f"{Path(s['image_path']).name}#{s.get('slice')}",
+            "pred": m[0].numpy(),
+            "label": s["label"][0].numpy(),
+            "spacing": tuple(float(v) for v in s["spacing"]),
+        }
+        for s, m in zip(samples, masks, strict=True)
+    ]
+
+
+def score_predictions(
+    samples: list[dict],
+    masks: list[torch.Tensor],
+    *,
+    per_sample: bool = False,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+) -> dict[str, Any]:
+    """Dice, HD95 (mm) and NSD of predicted masks against the samples' labels: the one scoring path of
+    ``blosam evaluate``, the bundle's evaluate.yaml and the study.
+
+    Args:
+        samples: 2D samples with ``label`` (1, H, W) and ``spacing`` (see :func:`blosam_med.data.load_samples`).
+        masks: one (1, H, W) 0/1 mask per sample.
+        per_sample: one case per 2D sample; otherwise per image, and per volume for slices of volumes.
+        nsd_tolerance_mm: NSD tolerance in mm.
+
+    Returns:
+        ``{"cases": [...], "mean": {...}, ...}`` as :func:`blosam_med.metrics.evaluate_cases` returns it.
+    """
+    cases = _per_sample(samples, masks) if per_sample else group_volumes(samples, masks)
+    return evaluate_cases(
+        [c["pred"] for c in cases],
+        [c["label"] for c in cases],
+        [c["spacing"] for c in cases],
+        [c["case"] for c in cases],
+        nsd_tolerance_mm=nsd_tolerance_mm,
+    )
+
+
 def evaluate_adapter(
     adapter: str | Path,
     data: str | Path | dict,
@@ -72,10 +115,13 @@ def evaluate_adapter(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     batch_size: int | None = None,
-    nsd_tolerance_mm: float = 2.0,
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     out: str | Path | None = None,
     overwrite: bool = False,
-    model=None,
+    model: BloSam | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    run_name: str | None = None,
     engine: str = "torch",
 ) -> dict[str, Any]:
     """Predict every case of ``split`` and score it against its label, per image (2D) or per volume (3D).
@@ -87,6 +133,10 @@ def evaluate_adapter(
         cache_dir: embedding cache folder (reused across adapters of the same backbone).
         out: write the result JSON here (atomically; an existing file needs ``overwrite``).
         model: an already loaded model to use instead of reading ``adapter`` again.
+        tracking_uri: log the mean metrics (``<split>_dice``, ``<split>_hd95_mm``, ``<split>_nsd``) and the result
+            JSON into the MLflow run that trained the adapter, at this tracking URI; nothing is logged when the
+            run is not found there.
+        experiment_name, run_name: that run (default: the experiment and run name the adapter stores).
         engine: what runs the frozen encoder (``torch``, ``auto``, ``openvino``, ``onnxruntime``; see
             :mod:`blosam_med.model.encoder_engines`).
 
@@ -107,22 +157,24 @@ def evaluate_adapter(
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
-    masks = Predictor([model], cache, device=device, batch_size=batch_size).masks([s["image"] for s in samples])
-    cases = group_volumes(samples, masks)
-    result = evaluate_cases(
-        [c["pred"] for c in cases],
-        [c["label"] for c in cases],
-        [c["spacing"] for c in cases],
-        [c["case"] for c in cases],
-        nsd_tolerance_mm=nsd_tolerance_mm,
-    )
+    post = [mask_postprocess(task.keep_components, task.fill_holes)]
+    predictor = Predictor([model], cache, device=device, batch_size=batch_size, postprocess=post)
+    masks = predictor.masks([s["image"] for s in samples])
     result = {
         "adapter": str(adapter),
         "split": split,
         "task": task.name,
         "nsd_tolerance_mm": nsd_tolerance_mm,
-        **result,
+        **score_predictions(samples, masks, nsd_tolerance_mm=nsd_tolerance_mm),
     }
     if out is not None:
-        atomic_write(out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)), overwrite=overwrite)
+        write_json(out, result, overwrite=overwrite)
+    if tracking_uri is not None:
+        params = extra.get("params", {})
+        experiment_name = experiment_name or params.get("experiment_name") or f"blosam_{task.name}"
+        run_name = run_name or params.get("run_name")
+        if run_name is None:
+            logger.info("%s: the adapter stores no MLflow run name; evaluation not tracked", adapter)
+        else:
+            log_evaluation(result, tracking_uri, experiment_name, run_name, prefix=split)
     return result

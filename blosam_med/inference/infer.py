@@ -13,15 +13,21 @@ import numpy as np
 import torch
 
 from blosam_med.data import (
+    IMAGE_EXT,
     TaskConfig,
     case_id,
+    check_dicom_file,
     image_kind,
     is_dicom_file,
     load_samples,
+    non_image_modality,
     open_datalist,
+    series_non_images,
     slices_to_volume,
 )
-from blosam_med.inference.predictor import Predictor, default_batch_size
+from blosam_med.data.files import NIFTI_EXT
+from blosam_med.inference.postprocess import mask_postprocess
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -39,6 +45,7 @@ __all__ = [
     "CasePrediction",
     "load_adapters",
     "collect_inputs",
+    "find_inputs",
     "predict_case",
     "write_case",
     "output_paths",
@@ -68,32 +75,48 @@ class CasePrediction:
     source: dict[str, Any] | None = None
     spacing: tuple[float, ...] = (1.0, 1.0)
     extra: dict[str, Any] = field(default_factory=dict)
+    postprocess: list[Any] | None = None  # per adapter, see Predictor
+
+    def masks(self, index: int) -> torch.Tensor:
+        """(n_adapters, H, W) uint8 masks of slice ``index``, post-processed as each adapter's task says."""
+        return binary_masks(self.logits[index], self.postprocess or [None] * len(self.logits[index]))
 
     def label_map(self) -> np.ndarray:
         """uint8 label map: 0 background, i+1 where adapter i predicts foreground (later adapters win overlaps);
         (H, W) for 2D, (X, Y, Z) on the RAS grid for volumes."""
-        maps = [_label_map(lg) for lg in self.logits]
+        maps = [_label_map(self.masks(i)) for i in range(len(self.logits))]
         if self.kind == "2d":
             return maps[0]
-        return slices_to_volume([m[None] for m in maps], self.slices, self.source)[0].numpy()
+        return slices_to_volume([m[None] for m in maps], *self.geometry())[0].numpy()
 
     def probabilities(self) -> np.ndarray:
         """float32 sigmoid probabilities, (n, H, W) for 2D or (n, X, Y, Z) for volumes."""
         probs = [torch.sigmoid(lg) for lg in self.logits]
         if self.kind == "2d":
             return probs[0].numpy()
-        return slices_to_volume(probs, self.slices, self.source).numpy()
+        return slices_to_volume(probs, *self.geometry()).numpy()
+
+    def geometry(self) -> tuple[list[int], dict[str, Any]]:
+        """A volume's slice indices and ``source`` (shape, axis, affines); ValueError for a 2D prediction."""
+        if self.source is None or any(i is None for i in self.slices):
+            raise ValueError(f"{self.image_path}: a 2D prediction has no volume geometry")
+        return [int(i) for i in self.slices if i is not None], self.source
 
 
-def _label_map(logits: torch.Tensor) -> np.ndarray:
-    out = np.zeros(logits.shape[-2:], np.uint8)
-    for i, lg in enumerate(logits):
-        out[(lg > 0).numpy()] = i + 1
+def _label_map(masks: torch.Tensor) -> np.ndarray:
+    out = np.zeros(masks.shape[-2:], np.uint8)
+    for i, m in enumerate(masks):
+        out[m.numpy() > 0] = i + 1
     return out
 
 
-def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = None) -> tuple[list[BloSam], TaskConfig]:
+def load_adapters(
+    paths: Sequence[str | Path], checkpoint: str | Path | None = None
+) -> tuple[list[BloSam], TaskConfig, list[Any]]:
     """Load adapters that share one backbone (built once) and one input preparation (window, channels).
+
+    Returns the models, the (first adapter's) task preset that prepares the inputs, and per adapter the mask
+    post-processing its own task preset asks for (``None`` when none).
 
     Raises:
         ValueError: adapters of different backbones or different windowing, naming the files.
@@ -103,54 +126,100 @@ def load_adapters(paths: Sequence[str | Path], checkpoint: str | Path | None = N
     payloads = [read_adapter(p) for p in paths]
     names = {p["backbone"] for p in payloads}
     if len(names) > 1:
-        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads))
+        listed = ", ".join(f"{path} ({p['backbone']})" for path, p in zip(paths, payloads, strict=True))
         raise ValueError(f"adapters of different backbones cannot share an encoder pass: {listed}")
-    tasks = [TaskConfig.from_dict(p["extra"]["task"]) if "task" in p.get("extra", {}) else None for p in payloads]
-    if any(t is None for t in tasks):
-        missing = [str(p) for p, t in zip(paths, tasks) if t is None]
+    missing = [str(path) for path, p in zip(paths, payloads, strict=True) if "task" not in p.get("extra", {})]
+    if missing:
         raise ValueError(f"{', '.join(missing)}: adapter stores no task preset")
+    tasks = [TaskConfig.from_dict(p["extra"]["task"]) for p in payloads]
     prep = {(t.window, t.width, t.level, t.channels) for t in tasks}
     if len(prep) > 1:
         raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
     backbone: Backbone = build_backbone(names.pop(), checkpoint)
     models = [load_adapter(p, backbone)[0] for p in paths]
-    return models, tasks[0]
+    return models, tasks[0], [mask_postprocess(t.keep_components, t.fill_holes) for t in tasks]
 
 
-def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
-    """Datalist-style entries for an input: an image or DICOM file, a DICOM series folder, a NIfTI volume, a folder
-    of those, or a datalist JSON (its ``split``, default every entry of every split)."""
+#: NIfTI names taken for the label of a DICOM series beside them (``<case>/dicom/`` + ``<case>/label.nii.gz``, the
+#: layout ``blosam prepare`` reads), never for an image to segment.
+_LABEL_STEMS = ("label", "labels", "mask", "masks", "seg", "segmentation")
+
+
+def _is_label_name(path: Path) -> bool:
+    stem = case_id(path).lower()
+    return stem in _LABEL_STEMS or stem.endswith(tuple(f"_{s}" for s in _LABEL_STEMS))
+
+
+def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The inputs to segment, and the files found beside them that are not images to segment.
+
+    Inputs: an image or DICOM file, a DICOM series folder, a NIfTI volume, a folder of those, or a datalist JSON (its
+    ``split``, default every entry of every split). Not inputs (each logged with one line and returned as
+    ``{"path", "reason"}``): non-image DICOM objects (SEG, RTSTRUCT, SR, KO, PR...) beside or inside a series, and
+    NIfTI labels (``label.nii.gz``, ``*_mask.nii.gz``...) in a folder that holds a DICOM series.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: naming the file: a single non-image DICOM object given as input, or a folder without images.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: input not found")
     if path.is_file() and path.suffix == ".json":
         datalist = open_datalist(path)
         keys = [split] if split else [k for k, v in datalist.items() if isinstance(v, list)]
-        return [{"image": it["image"]} for k in keys for it in datalist.get(k, [])]
-    if path.is_file() or _is_series(path):
-        return [{"image": str(path)}]
-    entries = []
-    for child in sorted(path.iterdir()):
-        if child.name.startswith("."):
-            continue
+        return [{"image": it["image"]} for k in keys for it in datalist.get(k, [])], []
+    if path.is_file():
+        modality = non_image_modality(path)
+        if modality is not None:
+            check_dicom_file(path)  # an RTSTRUCT, SR... without pixel data: "without pixel data ... not an image"
+            raise ValueError(f"{path}: a DICOM {modality} object; not an image (give the image or series it labels)")
+        return [{"image": str(path)}], []
+    if _is_series(path):
+        return [{"image": str(path)}], _series_ignored(path)
+    entries: list[dict[str, str]] = []
+    ignored: list[dict[str, str]] = []
+    children = [c for c in sorted(path.iterdir()) if not c.name.startswith(".")]
+    beside_series = any(c.is_dir() and _is_series(c / "dicom" if (c / "dicom").is_dir() else c) for c in children)
+    for child in children:
         case = case_id(child)
         if child.is_dir():
             child = child / "dicom" if (child / "dicom").is_dir() else child
             if not _is_series(child):
                 continue
-        elif not child.name.lower().endswith(
-            (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm")
-        ) and not is_dicom_file(child):
+            ignored += _series_ignored(child)
+        elif not child.name.lower().endswith(IMAGE_EXT) and not is_dicom_file(child):
+            continue
+        elif (modality := non_image_modality(child)) is not None:
+            ignored.append(_ignore(child, f"DICOM {modality} object, not an image"))
+            continue
+        elif beside_series and child.name.lower().endswith(NIFTI_EXT) and _is_label_name(child):
+            ignored.append(_ignore(child, "NIfTI label beside a DICOM series, not an image"))
             continue
         entries.append({"image": str(child), "case": case})
     if not entries:
         raise ValueError(f"{path}: no images, DICOM series or volumes found")
-    return entries
+    return entries, ignored
+
+
+def _ignore(path: Path, reason: str) -> dict[str, str]:
+    logger.warning("%s: %s; skipped", path, reason)
+    return {"path": str(path), "reason": reason}
+
+
+def _series_ignored(folder: Path) -> list[dict[str, str]]:
+    """The non-image objects inside a series folder (the series reader skips them and logs each)."""
+    return [{"path": str(f), "reason": f"DICOM {m} object, not an image"} for f, m in series_non_images(folder)]
+
+
+def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """Datalist-style entries for an input (see :func:`find_inputs`, which also returns what it skipped)."""
+    return find_inputs(path, split)[0]
 
 
 def _is_series(folder: Path) -> bool:
     """A folder whose files are DICOM (a series; the series checks come when it is read)."""
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     return bool(files) and all(is_dicom_file(p) for p in files[:3])
 
 
@@ -176,6 +245,7 @@ def predict_case(
         slices=[s["slice"] for s in samples],
         source=first.get("source"),
         spacing=tuple(first["spacing"]),
+        postprocess=predictor.postprocess,
     )
 
 
@@ -231,13 +301,13 @@ def write_case(
         if "dicom-seg" in names:
             write_dicom_seg(_split(labels_map, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
     else:
-        src = pred.source
+        indices, src = pred.geometry()
         volume, affine = to_source_grid(labels_map, src["affine"], src["original_affine"])
         if "nifti" in names:
             write_nifti(volume, affine, names["nifti"], overwrite)
         if "overlay" in names:
-            order = np.argsort(pred.slices)
-            maps = [_label_map(pred.logits[i]) for i in order]
+            order = np.argsort(indices)
+            maps = [_label_map(pred.masks(i)) for i in order]
             write_montage(
                 [pred.images[i].numpy() for i in order],
                 [_split(m, len(labels)) for m in maps],
@@ -308,15 +378,17 @@ def run_inference(
         raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device}); on the CPU inference runs in float32")
     amp_dtype = AMP_DTYPES[amp] if amp else None
     batch_size = batch_size or default_batch_size(device)
-    models, task = load_adapters(adapters, checkpoint)
+    models, task, postprocess = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
-    entries = collect_inputs(input, split)
+    entries, ignored = find_inputs(input, split)
     cache = EmbeddingCache(
         models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype, engine=engine
     )
-    predictor = Predictor(models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype)
+    predictor = Predictor(
+        models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, postprocess=postprocess
+    )
 
     def run_case(entry: dict, claim: Callable[[dict[str, Path]], None]) -> dict[str, Any]:
         pred = predict_case(entry, task, predictor, axis, progress=False)
@@ -343,5 +415,6 @@ def run_inference(
         "labels": names,
         "device": str(device),
         "amp": amp,
+        "ignored": ignored,
     }
     return run_cohort(entries, run_case, out_dir, signature, overwrite=overwrite, description=description)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache, autocast
 
-__all__ = ["Predictor", "default_batch_size"]
+__all__ = ["Predictor", "binary_masks", "default_batch_size"]
 
 
 def default_batch_size(device: str | torch.device) -> int:
@@ -27,6 +27,8 @@ class Predictor:
         device: where the decoders run.
         batch_size: images per decoder call.
         amp_dtype: run the decoders under ``torch.autocast`` with this dtype (GPU); logits come back as float32.
+        postprocess: per model, a transform of its binary (1, H, W) masks (see
+            :func:`blosam_med.inference.mask_postprocess`) or ``None``; applied by :meth:`masks`.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 8,
         amp_dtype: torch.dtype | None = None,
+        postprocess: Sequence[Callable | None] | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
@@ -43,6 +46,9 @@ class Predictor:
         if len(names) != 1:
             raise ValueError(f"adapters of different backbones cannot share an encoder pass: {sorted(names)}")
         self.models = [m.to(device).eval() for m in models]
+        self.postprocess = list(postprocess) if postprocess is not None else [None] * len(models)
+        if len(self.postprocess) != len(self.models):
+            raise ValueError(f"{len(self.postprocess)} post-processing entries for {len(self.models)} models")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
@@ -67,12 +73,23 @@ class Predictor:
             with autocast(self.device, self.amp_dtype):
                 per_model = [m.forward_embeddings(emb).float() for m in self.models]  # each (b, 1, h, w)
             for i, im in enumerate(chunk):
-                size = tuple(im.shape[-2:])
+                size = (im.shape[-2], im.shape[-1])
                 out.append(
-                    torch.cat([m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model)]).cpu()
+                    torch.cat(
+                        [m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model, strict=True)]
+                    ).cpu()
                 )
         return out
 
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image a (n_models, H, W) uint8 mask (logit > 0)."""
-        return [(lg > 0).to(torch.uint8) for lg in self.logits(images)]
+        """Per image a (n_models, H, W) uint8 mask (logit > 0, then each model's post-processing)."""
+        return [binary_masks(lg, self.postprocess) for lg in self.logits(images)]
+
+
+def binary_masks(logits: torch.Tensor, postprocess: Sequence[Callable | None]) -> torch.Tensor:
+    """(n_models, H, W) logits -> uint8 masks: logit > 0, then model ``i``'s post-processing (if any)."""
+    out = []
+    for lg, post in zip(logits, postprocess, strict=True):
+        m = (lg > 0).to(torch.uint8)[None]
+        out.append(torch.as_tensor(post(m)).to(torch.uint8)[0] if post is not None and m.any() else m[0])
+    return torch.stack(out)

@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from blosam_med import __version__
+from blosam_med.data.dicom import non_image_modality
 from blosam_med.io import atomic_write
 
 __all__ = [
@@ -99,7 +101,7 @@ def write_montage(
     n = len(slices)
     with_fg = [i for i in range(n) if np.asarray(masks[i]).any()]
     pool = with_fg if len(with_fg) >= min(count, n) // 2 and with_fg else list(range(n))
-    pick = [pool[int(round(j))] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
+    pick = [pool[round(j)] for j in np.linspace(0, len(pool) - 1, min(count, len(pool)))]
     tiles = [overlay(slices[i], masks[i]) for i in pick]
     scale = max(1, 192 // max(tiles[0].shape[:2]))  # small CT grids are enlarged (nearest) to stay readable
     if scale > 1:
@@ -130,7 +132,11 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
 
     source = Path(source)
-    files = sorted(p for p in source.iterdir() if p.is_file()) if source.is_dir() else [source]
+    files = (
+        sorted(p for p in source.iterdir() if p.is_file() and non_image_modality(p) is None)
+        if source.is_dir()
+        else [source]
+    )
     datasets = [pydicom.dcmread(f) for f in files]
     for ds in datasets:
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
@@ -150,7 +156,7 @@ def write_dicom_seg(
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
         pixels = masks.transpose(3, 2, 1, 0)
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence, version="0.1.0"
+        name="blosam_med BLO-SAM", family=codes.DCM.ArtificialIntelligence, version=__version__
     )
     descriptions = [
         hd.seg.SegmentDescription(
@@ -174,7 +180,7 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="blosam_med",
         manufacturer_model_name="BLO-SAM",
-        software_versions="0.1.0",
+        software_versions=__version__,
         device_serial_number="0",
         series_description="BLO-SAM segmentation",
         omit_empty_frames=False,

@@ -36,7 +36,10 @@ def inject_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     if settings.rank < 1:
         raise ValueError(f"LoRA rank must be >= 1, got {settings.rank}")
     config = LoraConfig(
-        r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=LORA_TARGET
+        r=settings.rank,
+        lora_alpha=settings.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scales as well
+        lora_dropout=settings.dropout,
+        target_modules=LORA_TARGET,
     )
     return inject_adapter_in_model(config, model)
 

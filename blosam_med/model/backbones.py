@@ -14,9 +14,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # segment_anything ships no type information: these names are Any to mypy
+    from segment_anything.modeling import MaskDecoder, PromptEncoder
 
 __all__ = [
     "Preprocessing",
@@ -81,8 +85,8 @@ class Backbone:
 
     name: str
     image_encoder: nn.Module
-    prompt_encoder: nn.Module
-    mask_decoder: nn.Module
+    prompt_encoder: PromptEncoder
+    mask_decoder: MaskDecoder
     preprocessing: Preprocessing
     embedding_shape: tuple[int, int, int]
     fingerprint: str = field(default="")
@@ -145,7 +149,7 @@ def _load_parts(parts: Mapping[str, nn.Module], sd: Mapping[str, torch.Tensor], 
 
 def _sam_decoder_side(
     embed_dim: int, grid: int, input_size: int, *, depth: int, mlp_dim: int, heads: int, mask_in: int
-):
+) -> tuple[Any, Any]:
     from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
     prompt_encoder = PromptEncoder(

@@ -11,10 +11,17 @@ from blosam_med.model.adapter import DECODER_HEADS, LoraSettings, count_lora_mod
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.preprocess import postprocess_logits
 
-__all__ = ["BloSam", "PromptFreeDecoder", "PROMPT_PARAMETER"]
+__all__ = ["BloSam", "PromptFreeDecoder", "PROMPT_PARAMETER", "PROMPT_TOKENS", "PROMPT_INITS"]
 
 #: The upper-level variable: SAM's dense "no mask" embedding, broadcast over the embedding grid.
 PROMPT_PARAMETER = "prompt_encoder.no_mask_embed.weight"
+
+#: Learned sparse prompt tokens (``prompt_init="box"``), also upper-level.
+PROMPT_TOKENS = "prompt_tokens"
+
+#: Where the learned prompt starts: SAM's "no mask" embedding alone (the paper), or with the sparse tokens of a box
+#: over the whole input frame, a prompt the pretrained decoder answers with a non-empty mask.
+PROMPT_INITS = ("no_mask", "box")
 
 
 class BloSam(nn.Module):
@@ -24,11 +31,15 @@ class BloSam(nn.Module):
     mask decoder's two-way transformer; with ``train_heads`` the decoder's output heads are trained with them. These
     are the lower-level parameters. The upper-level parameter is the dense prompt embedding
     (``prompt_encoder.no_mask_embed``, initialised at its pretrained value), so no prompt is needed at inference.
+    With ``prompt_init="box"`` the upper level also learns two sparse prompt tokens, initialised at the prompt
+    encoder's embedding of a box over the whole input frame: LiteMedSAM answers its "no mask" embedding alone with an
+    empty mask, so training from it starts at Dice 0, whereas the box gives a non-empty mask to refine.
 
     Args:
         backbone: a built backbone (see :func:`blosam_med.model.build_backbone`).
         lora: LoRA rank, alpha and dropout.
         train_heads: also train the decoder heads (output upscaling, hypernetwork MLPs, IoU head, output tokens).
+        prompt_init: ``"no_mask"`` or ``"box"`` (see :data:`PROMPT_INITS`).
 
     Example::
 
@@ -36,8 +47,16 @@ class BloSam(nn.Module):
         logits = model.forward_embeddings(embeddings)  # (B, 256, 64, 64) -> (B, 1, 256, 256)
     """
 
-    def __init__(self, backbone: Backbone, lora: LoraSettings = LoraSettings(), train_heads: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        lora: LoraSettings = LoraSettings(),
+        train_heads: bool = True,
+        prompt_init: str = "no_mask",
+    ) -> None:
         super().__init__()
+        if prompt_init not in PROMPT_INITS:
+            raise ValueError(f"prompt_init must be one of {PROMPT_INITS}, got '{prompt_init}'")
         self.backbone = backbone  # a plain dataclass: its modules are not registered twice
         self.backbone_name = backbone.name
         self.backbone_fingerprint = backbone.fingerprint
@@ -59,6 +78,18 @@ class BloSam(nn.Module):
         # once here (moves with .to()), not in every decoder call.
         with torch.no_grad():
             self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe(), persistent=False)
+        self.prompt_init = prompt_init
+        self.prompt_tokens: nn.Parameter | None = None
+        if prompt_init == "box":
+            self.prompt_tokens = nn.Parameter(self._frame_box_tokens())
+
+    @torch.no_grad()
+    def _frame_box_tokens(self) -> torch.Tensor:
+        """The prompt encoder's sparse embedding (1, 2, C) of a box over the whole input frame."""
+        size = float(self.preprocessing.input_size)
+        box = torch.tensor([[0.0, 0.0, size - 1, size - 1]], device=self.prompt.device)
+        sparse, _ = self.prompt_encoder(points=None, boxes=box, masks=None)
+        return sparse.detach().clone()
 
     def train(self, mode: bool = True) -> BloSam:
         """Set train mode on the decoder side; the frozen encoder always stays in eval mode."""
@@ -72,12 +103,13 @@ class BloSam(nn.Module):
         return self.prompt_encoder.no_mask_embed.weight
 
     def upper_parameters(self) -> list[nn.Parameter]:
-        """Upper-level (prompt) parameters."""
-        return [self.prompt]
+        """Upper-level (prompt) parameters: the dense prompt and, with ``prompt_init="box"``, the sparse tokens."""
+        return [self.prompt] + ([self.prompt_tokens] if self.prompt_tokens is not None else [])
 
     def named_lower_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Lower-level parameters with their names: LoRA weights and, with ``train_heads``, the decoder heads."""
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and n != PROMPT_PARAMETER]
+        upper = (PROMPT_PARAMETER, PROMPT_TOKENS)
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and n not in upper]
 
     def lower_parameters(self) -> list[nn.Parameter]:
         """Lower-level parameters: LoRA weights and, with ``train_heads``, the decoder heads."""
@@ -127,7 +159,9 @@ class BloSam(nn.Module):
         grid = embeddings.shape[-2:]
         # Prompt batch 1 against image batch B: segment_anything broadcasts in attention (one call, no loop).
         dense = self.prompt.reshape(1, -1, 1, 1).expand(1, -1, *grid)
-        sparse = embeddings.new_zeros((1, 0, embeddings.shape[1]))
+        sparse: torch.Tensor = (
+            self.prompt_tokens if self.prompt_tokens is not None else embeddings.new_zeros((1, 0, embeddings.shape[1]))
+        )
         logits, _ = self.mask_decoder(
             image_embeddings=embeddings,
             image_pe=self.image_pe,

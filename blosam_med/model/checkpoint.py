@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from blosam_med.model.adapter import LoraSettings
 from blosam_med.model.backbones import Backbone, Preprocessing, build_backbone
 from blosam_med.model.blosam import BloSam
 
-__all__ = ["ADAPTER_FORMAT", "save_adapter", "read_adapter", "load_adapter", "BackboneMismatchError"]
+__all__ = ["ADAPTER_FORMAT", "save_adapter", "safe_load", "read_adapter", "load_adapter", "BackboneMismatchError"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,37 @@ def save_adapter(
         "embedding_shape": list(model.embedding_shape),
         "lora": model.lora.to_dict(),
         "train_heads": model.train_heads,
+        "prompt_init": model.prompt_init,
         "state_dict": model.trainable_state_dict(),
         "extra": extra or {},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+
+
+def safe_load(path: str | Path, what: str, advice: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses gives one ``ValueError`` naming it.
+
+    A file holding Python objects (a pickle that would run code) is refused as such, without torch's advice to load
+    it with ``weights_only=False``; truncated or foreign files name torch's reason.
+
+    Raises:
+        ValueError: ``"<path>: not a readable <what> (<reason>)"`` and ``advice`` when given.
+    """
+    tail = f"; {advice}" if advice else ""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        reason = next(
+            (ln for ln in lines if ln.startswith(("Trying to load", "Unsupported"))), lines[-1] if lines else ""
+        )
+        raise ValueError(
+            f"{path}: not a readable {what}: it holds Python objects that a safe load refuses ({reason.rstrip('.')}); "
+            f"blosam files hold tensors only, so this one was not written by blosam or was altered{tail}"
+        ) from None
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {reason}){tail}") from err
 
 
 def read_adapter(path: str | Path) -> dict[str, Any]:
@@ -54,10 +82,7 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: adapter checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable adapter checkpoint ({type(err).__name__}: {err})") from err
+    payload = safe_load(path, "adapter checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != ADAPTER_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path}: not a blosam_med adapter (format {found!r}, expected {ADAPTER_FORMAT!r})")
@@ -104,7 +129,12 @@ def load_adapter(
             f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
             f"backbone's {backbone.preprocessing.to_dict()}"
         )
-    model = BloSam(backbone, LoraSettings(**payload["lora"]), train_heads=bool(payload["train_heads"]))
+    model = BloSam(
+        backbone,
+        LoraSettings(**payload["lora"]),
+        train_heads=bool(payload["train_heads"]),
+        prompt_init=payload.get("prompt_init", "no_mask"),  # adapters written before prompt_init existed
+    )
     try:
         model.load_trainable_state_dict(payload["state_dict"], str(path))
     except ValueError as err:

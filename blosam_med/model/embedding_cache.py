@@ -27,12 +27,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def _checksum(emb: torch.Tensor) -> str:
+    """SHA-256 of an embedding's float32 bytes, stored with each entry and checked when it is read."""
+    return hashlib.sha256(emb.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()
+
+
 class EmbeddingCache:
     """Encoder outputs keyed by (input content, backbone weights, preprocessing).
 
     The key hashes the preprocessed encoder input, so an augmented view, a different window or a different
     preprocessing is a different entry. Entries are written atomically; an unreadable, truncated or inconsistent entry
-    is logged, recomputed and rewritten. Several processes (``torchrun`` ranks, on one node or sharing a network
+    is logged, recomputed and rewritten; each entry stores a SHA-256 of its embedding, so bytes changed in place
+    (same size, which the file format does not detect) are found too. Several processes (``torchrun`` ranks, on one node or sharing a network
     folder) may use one cache: each entry is written to a temporary file and renamed into place (``os.replace``), so
     a reader sees a whole entry or none; when two processes encode the same input, the last rename wins and both
     entries are valid (``tests/distributed/test_cache_sharing.py``).
@@ -121,6 +127,10 @@ class EmbeddingCache:
             emb = entry["embedding"]
             if entry.get("key") != key or tuple(emb.shape) != tuple(self.backbone.embedding_shape):
                 raise ValueError(f"key or shape mismatch ({tuple(emb.shape)})")
+            if "sha256" not in entry:
+                raise ValueError("no checksum (an entry of an older version)")
+            if entry["sha256"] != _checksum(emb):
+                raise ValueError("checksum mismatch: the stored embedding changed after it was written")
             if not torch.isfinite(emb).all():
                 raise ValueError("non-finite values")
         except Exception as err:  # corrupt entries are recomputed, never fatal
@@ -132,7 +142,9 @@ class EmbeddingCache:
         if self.root is None:
             return
         atomic_write(
-            self._path(key), lambda tmp: torch.save({"key": key, "embedding": emb.clone()}, tmp), overwrite=True
+            self._path(key),
+            lambda tmp: torch.save({"key": key, "embedding": emb.clone(), "sha256": _checksum(emb)}, tmp),
+            overwrite=True,
         )
 
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
@@ -156,7 +168,7 @@ class EmbeddingCache:
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start : start + self.batch_size]
                 embs = self._encode(torch.stack([inputs[first[k]] for k in chunk]))
-                for k, emb in zip(chunk, embs):
+                for k, emb in zip(chunk, embs, strict=True):
                     self._write(k, emb)
                     found[k] = emb
                 bar.update(len(chunk))

@@ -59,7 +59,7 @@ class BoxPromptPredictor:
         prep = self.backbone.preprocessing
         pe, md = self.backbone.prompt_encoder.to(self.device), self.backbone.mask_decoder.to(self.device)
         out = []
-        for image, label in zip(images, labels):
+        for image, label in zip(images, labels, strict=True):
             h, w = image.shape[-2:]
             boxes = component_boxes(label[0].numpy())
             if len(boxes) == 0:
@@ -155,7 +155,9 @@ class UNetBaseline:
         out = []
         for image in images:
             logits = self.net(preprocess_image(image, self.prep)[None].to(self.device))
-            out.append((postprocess_logits(logits, self.prep, tuple(image.shape[-2:]))[0] > 0).to(torch.uint8).cpu())
+            out.append(
+                (postprocess_logits(logits, self.prep, (image.shape[-2], image.shape[-1]))[0] > 0).to(torch.uint8).cpu()
+            )
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from blosam_med.config_keys import bundle_ids, check_keys
+from blosam_med.variants import check_variant_options
+
 __all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
 
-#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``;
+#: ``bundle``: a training run of the bundle's train.yaml (BLO-SAM variants, single-level), overrides in ``set``
+#: (``method``, ``hypergradient`` and ``roles`` there are checked against :mod:`blosam_med.variants` on load);
 #: ``zero_shot``: the backbone untrained, prompt-free with its default no-mask embedding;
 #: ``box_prompt``: the backbone prompted with the ground-truth box of every connected component (an oracle);
 #: ``unet``: a MONAI network trained from scratch on the same shots.
@@ -99,6 +104,50 @@ class StudyConfig:
         raise KeyError(f"no method '{name}' in the study (methods: {[m.name for m in self.methods]})")
 
 
+#: Keys of a ``study.tasks.<task>`` entry (``eval``: a folder of evaluation pairs) and of its ``split``.
+TASK_KEYS = ("data", "preset", "split", "eval")
+SPLIT_KEYS = ("test_slab", "gap")
+#: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides), a ``unet`` its network options.
+METHOD_KEYS = ("kind", "label", "baseline")
+
+
+def _method_keys(kind: str) -> set[str]:
+    if kind == "bundle":
+        return {*METHOD_KEYS, "set"}
+    if kind == "unet":
+        from blosam_med.study.baselines import UNetBaseline
+
+        params = inspect.signature(UNetBaseline.__init__).parameters
+        return {*METHOD_KEYS, *(k for k in params if k not in ("self", "prep", "seed", "device"))}
+    return set(METHOD_KEYS)
+
+
+def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
+    """``train`` and every bundle method's ``set`` override keys of the bundle's train.yaml or a task preset."""
+    from blosam_med.data import task_preset_path
+    from blosam_med.workflow import bundle_config
+
+    overrides = {"study.train": cfg.get("train") or {}}
+    overrides.update(
+        {
+            f"study.methods.{n}.set": (m or {}).get("set") or {}
+            for n, m in cfg["methods"].items()
+            if (m or {}).get("set")
+        }
+    )
+    if not any(overrides.values()):
+        return
+    presets = {task_preset_path(t.get("preset", name)) for name, t in _task_entries(cfg).items()}
+    valid = bundle_ids([bundle_config("train.yaml"), *sorted(presets)])
+    for where, keys in overrides.items():
+        check_keys(keys, valid, f"{path}: {where}")
+
+
+def _task_entries(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    tasks = cfg["tasks"]
+    return {t: dict(v or {}) for t, v in (tasks.items() if isinstance(tasks, dict) else ((t, {}) for t in tasks))}
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
@@ -122,22 +171,29 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if not isinstance(raw.get("study"), dict):
         raise ValueError(f"{path}: expected a top-level 'study:' mapping")
     cfg = _merge(raw["study"], overrides or {})
+    check_keys(cfg, [f.name for f in fields(StudyConfig) if f.name != "source"], f"{path}: study")
     for key in ("name", "tasks", "shots", "seeds", "methods"):
         if not cfg.get(key):
             raise ValueError(f"{path}: study.{key} is missing or empty")
+    for t, v in _task_entries(cfg).items():
+        check_keys(v, TASK_KEYS, f"{path}: study.tasks.{t}")
+        check_keys(v.get("split") or {}, SPLIT_KEYS, f"{path}: study.tasks.{t}.split")
     methods = []
     for name, spec in cfg["methods"].items():
         spec = dict(spec or {})
-        kind = spec.pop("kind", None)
+        kind = spec.get("kind")
         if kind not in METHOD_KINDS:
             raise ValueError(f"{path}: study.methods.{name}.kind must be one of {METHOD_KINDS}, got {kind!r}")
+        check_keys(spec, _method_keys(kind), f"{path}: study.methods.{name}")
+        spec.pop("kind")
+        if kind == "bundle":
+            check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
-    tasks = {
-        t: dict(v or {})
-        for t, v in (cfg["tasks"].items() if isinstance(cfg["tasks"], dict) else ((t, {}) for t in cfg["tasks"]))
-    }
+    check_variant_options(cfg.get("train") or {}, f"{path}: study.train.")
+    _check_bundle_keys(path, cfg)
+    tasks = _task_entries(cfg)
     for t, v in tasks.items():
         v.setdefault("data", t)
         v.setdefault("preset", t)

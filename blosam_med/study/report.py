@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from blosam_med.io import atomic_write
+from blosam_med.io import atomic_write, write_json
 from blosam_med.study.config import StudyConfig
 
 __all__ = ["collect_results", "aggregate", "paired_differences", "write_report"]
@@ -20,6 +20,30 @@ __all__ = ["collect_results", "aggregate", "paired_differences", "write_report"]
 logger = logging.getLogger(__name__)
 
 METRICS = ("dice", "hd95", "nsd")
+
+#: A run "ends at empty masks" when it predicts nothing on at least this share of the scored images.
+COLLAPSED = 0.95
+
+
+def collapsed(row: dict[str, Any]) -> bool:
+    """Whether a trained cell ended at empty masks (see :data:`COLLAPSED`)."""
+    return bool(row["trains"] and row.get("empty_fraction") is not None and row["empty_fraction"] >= COLLAPSED)
+
+
+def bootstrap_interval(
+    diffs: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of the mean of ``diffs`` (seeds x images), resampling seeds and images with replacement
+    (a two-way bootstrap: draws and images both vary); a 1D array (one value per seed) resamples seeds only."""
+    d = np.asarray(diffs, dtype=float)
+    d = d[:, None] if d.ndim == 1 else d
+    rng = np.random.default_rng(seed)
+    s, n = d.shape
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        means[b] = d[np.ix_(rng.integers(0, s, s), rng.integers(0, n, n))].mean()
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def collect_results(config: StudyConfig) -> list[dict[str, Any]]:
@@ -41,6 +65,9 @@ def collect_results(config: StudyConfig) -> list[dict[str, Any]]:
                 "seed": cell.seed,
                 **{m: r["mean"][m]["mean"] for m in METRICS},
                 "n_cases": r["mean"]["dice"]["n"],
+                "test_dice": r["test"]["mean"]["dice"]["mean"] if "test" in r else None,
+                "empty_fraction": float(np.mean([c["pred_empty"] for c in r["cases"]])) if r.get("cases") else None,
+                "case_dice": [c["dice"] for c in r.get("cases", [])],
                 "dev_dice": r["dev"]["mean"]["dice"]["mean"] if "dev" in r else None,
                 "wall_seconds": r["wall_seconds"],
                 "cpu_seconds": r["cpu_seconds"],
@@ -70,8 +97,9 @@ def aggregate(config: StudyConfig, rows: list[dict[str, Any]]) -> list[dict[str,
                     "shots": shots,
                     "n_seeds": len(g) if m.trains else 0,
                 }
-                for k in (*METRICS, "dev_dice"):
-                    if any(r[k] is None for r in g):
+                agg["collapsed"] = sum(collapsed(r) for r in g)
+                for k in (*METRICS, "dev_dice", "test_dice"):
+                    if any(r.get(k) is None for r in g):
                         agg[f"{k}_mean"] = agg[f"{k}_std"] = None
                         continue
                     v = np.array([r[k] for r in g], dtype=float)
@@ -88,25 +116,35 @@ def paired_differences(
     (task, shots, seed): per (task, shots) the mean and range of the per-seed differences, and the seeds won."""
     by = {(r["task"], r["shots"], r["seed"], r["method"]): r for r in rows if r["trains"]}
     diffs: dict[tuple, list[float]] = defaultdict(list)
+    per_image: dict[tuple, list[np.ndarray]] = defaultdict(list)
     for (task, shots, seed, m), r in by.items():
         other = by.get((task, shots, seed, baseline))
-        if m == method and other is not None and r[metric] is not None and other[metric] is not None:
+        if m == method and other is not None and r.get(metric) is not None and other.get(metric) is not None:
             diffs[(task, shots)].append(r[metric] - other[metric])
-    return [
-        {
-            "task": t,
-            "shots": k,
-            "method": method,
-            "baseline": baseline,
-            "metric": metric,
-            "n": len(d),
-            "mean": float(np.mean(d)),
-            "min": float(np.min(d)),
-            "max": float(np.max(d)),
-            "wins": int(sum(x > 0 for x in d)),
-        }
-        for (t, k), d in sorted(diffs.items())
-    ]
+            a, b = r.get("case_dice") or [], other.get("case_dice") or []
+            if metric == "dice" and a and len(a) == len(b):
+                per_image[(task, shots)].append(np.asarray(a, float) - np.asarray(b, float))
+    out = []
+    for (t, k), d in sorted(diffs.items()):
+        grid = per_image.get((t, k), [])
+        lo, hi = bootstrap_interval(np.stack(grid) if grid and len(grid) == len(d) else np.asarray(d))
+        out.append(
+            {
+                "task": t,
+                "shots": k,
+                "method": method,
+                "baseline": baseline,
+                "metric": metric,
+                "n": len(d),
+                "mean": float(np.mean(d)),
+                "min": float(np.min(d)),
+                "max": float(np.max(d)),
+                "wins": int(sum(x > 0 for x in d)),
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
+    return out
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:
@@ -117,18 +155,24 @@ def _fmt(mean: float | None, std: float | None, digits: int) -> str:
 
 def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: dict[str, Any]) -> str:
     index = {(a["task"], a["method"], a["shots"]): a for a in agg}
+    pooled = [t for t, spec in config.tasks.items() if spec.get("eval")]
+    where = f"evaluation pool ({', '.join(pooled)}), else test split" if pooled else "test split"
     lines = [
         f"Study `{config.name}` ({config.source}): mean ± std over seeds {config.seeds} of the per-cell mean "
-        f"over test cases; methods without training have one value. Cells: {totals['cells']}, CPU time "
-        f"{totals['cpu_seconds'] / 60:.1f} min, wall time {totals['wall_seconds'] / 60:.1f} min.",
+        f"over the scored cases ({where}); methods without training have one value. Cells: {totals['cells']}, "
+        f"CPU time {totals['cpu_seconds'] / 60:.1f} min, wall time {totals['wall_seconds'] / 60:.1f} min.",
         "",
     ]
-    tables = (
-        ("dice", "Dice (test split)", 3),
-        ("hd95", "HD95 (test split; mm where the images carry a spacing, else pixels)", 1),
-        ("dev_dice", "Dice on the development samples (training pool outside each draw; used to compare variants)", 3),
-    )
+    tables = [
+        ("dice", f"Dice ({where})", 3),
+        ("hd95", f"HD95 ({where}; mm where the images carry a spacing, else pixels)", 1),
+        ("dev_dice", "Dice on the development samples (training pool outside each draw)", 3),
+    ]
+    if pooled:
+        tables.append(("test_dice", "Dice on the test split of the shots' folders (reported, never used to choose)", 3))
     for metric, title, digits in tables:
+        if all(a.get(f"{metric}_mean") is None for a in agg):
+            continue  # e.g. no development samples (dev_size 0)
         lines += [
             f"**{title}**",
             "",
@@ -145,10 +189,10 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
         lines.append("")
     if pairs:
         lines += [
-            "**Paired Dice difference against the baseline on the same draws** (mean [min, max] over seeds; "
-            "wins = seeds where the method is higher)",
+            "**Paired Dice difference against the baseline on the same draws** (mean over seeds, [95 % bootstrap "
+            "interval over seeds and images]; wins = seeds where the method is higher)",
             "",
-            "| task | shots | method − baseline | Δ Dice test | wins | Δ Dice dev | wins |",
+            "| task | shots | method − baseline | Δ Dice | wins | Δ Dice dev | wins |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         dev = {(p["task"], p["shots"], p["method"]): p for p in pairs if p["metric"] == "dev_dice"}
@@ -157,9 +201,17 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
             d_txt = f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}] | {d['wins']}/{d['n']}" if d else "— | —"
             lines.append(
                 f"| {p['task']} | {p['shots']} | {p['method']} − {p['baseline']} | {p['mean']:+.3f} "
-                f"[{p['min']:+.3f}, {p['max']:+.3f}] | {p['wins']}/{p['n']} | {d_txt} |"
+                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | {p['wins']}/{p['n']} | {d_txt} |"
             )
         lines.append("")
+    stuck = [(a["label"], a["task"], a["shots"], a["collapsed"], a["n_seeds"]) for a in agg if a.get("collapsed")]
+    trained = sum(a["n_seeds"] for a in agg)
+    lines += [
+        f"**Runs that ended at empty masks** (nothing predicted on ≥ {COLLAPSED:.0%} of the scored images): "
+        f"{sum(x[3] for x in stuck)} of {trained} trained runs"
+        + (": " + "; ".join(f"{lab} {t} {k} shots: {c}/{n}" for lab, t, k, c, n in stuck) if stuck else "."),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -171,7 +223,7 @@ def _plot_dice(config: StudyConfig, agg: list[dict], path: Path) -> None:
 
     tasks = list(config.tasks)
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         for m in config.methods:
             pts = [a for a in agg if a["task"] == task and a["method"] == m.name]
             if not pts:
@@ -278,7 +330,7 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
         files.append(atomic_write(folder / name, lambda tmp: tmp.write_text(buf.getvalue()), overwrite=True))
 
     put_csv("table.csv", agg)
-    put_csv("cells.csv", rows)
+    put_csv("cells.csv", [{k: v for k, v in r.items() if k != "case_dice"} for r in rows])
     md = _markdown(config, agg, pairs, totals)
     files.append(atomic_write(folder / "table.md", lambda tmp: tmp.write_text(md), overwrite=True))
     if agg:
@@ -288,8 +340,6 @@ def write_report(config: StudyConfig, ctx: Any | None = None) -> dict[str, Any]:
         for task in config.tasks:
             if task in ctx.test_samples and _plot_overlays(config, ctx, task, folder / f"overlays_{task}.png"):
                 files.append(folder / f"overlays_{task}.png")
-    summary = {**totals, "aggregate": agg, "paired": pairs}
-    files.append(
-        atomic_write(folder / "summary.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=True)
-    )
+    summary = {**totals, "aggregate": agg, "paired": pairs, "collapsed": [r["cell"] for r in rows if collapsed(r)]}
+    files.append(write_json(folder / "summary.json", summary, overwrite=True))
     return {**totals, "files": [str(f) for f in files], "table": md}

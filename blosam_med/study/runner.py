@@ -16,14 +16,15 @@ import torch
 
 from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.engine.fewshot import draw_shot_samples
-from blosam_med.inference.evaluate import group_volumes
+from blosam_med.inference.evaluate import score_predictions
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor
-from blosam_med.io import atomic_write
-from blosam_med.metrics import evaluate_cases
+from blosam_med.io import write_json
 from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.tracking import StudyTracker
+from blosam_med.workflow import run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
 
@@ -47,7 +48,7 @@ def slab_split(
         n = len(
             load_samples([{k: v for k, v in item.items() if k != "slices"}], task, foreground_only=False, every_n=1)
         )
-        lo, hi = int(round(test[0] * n)), int(round(test[1] * n))
+        lo, hi = round(test[0] * n), round(test[1] * n)
         if not 0 < lo < hi < n:
             raise ValueError(f"{item['image']}: slab {test} of {n} slices leaves no training slices")
         testing.append(dict(item, slices=[lo, hi]))
@@ -93,6 +94,7 @@ class StudyContext:
     presets: dict[str, TaskConfig] = field(default_factory=dict)
     datalists: dict[str, dict] = field(default_factory=dict)
     test_samples: dict[str, list[dict]] = field(default_factory=dict)
+    eval_samples: dict[str, list[dict]] = field(default_factory=dict)
     dev_samples: dict[str, list[dict]] = field(default_factory=dict)
 
     def setup(self, task: str) -> None:
@@ -107,6 +109,7 @@ class StudyContext:
             self.test_samples[task] = load_samples(
                 self.datalists[task]["test"], self.presets[task], foreground_only=False, every_n=1
             )
+            self.eval_samples[task] = eval_samples(self.config, task, self.presets[task])
             self.dev_samples[task] = dev_samples(
                 self.datalists[task]["training"], self.presets[task], self.config.dev_size
             )
@@ -115,7 +118,20 @@ class StudyContext:
         """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
         fg = [i for i, s in enumerate(self.test_samples[task]) if s["label"].any()]
         n = min(self.config.overlays, len(fg))
-        return [fg[int(round(j))] for j in np.linspace(0, len(fg) - 1, n)] if n else []
+        return [fg[round(j)] for j in np.linspace(0, len(fg) - 1, n)] if n else []
+
+
+def eval_samples(config: StudyConfig, task: str, preset: TaskConfig) -> list[dict]:
+    """Every pair of the task's evaluation pool (``study.tasks.<task>.eval``, a folder under ``data_root``), or
+    none. The pool is disjoint from the folder the shots are drawn from; cells are scored on it."""
+    folder = config.tasks[task].get("eval")
+    if not folder:
+        return []
+    path = Path(folder) if Path(folder).is_absolute() else config.data_root / folder
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: evaluation pool of task '{task}' not found")
+    pool = open_datalist(path, test_fraction=0.0)
+    return load_samples([it for section in pool.values() for it in section], preset)
 
 
 def dev_samples(items: list[dict], task: TaskConfig, size: int) -> list[dict]:
@@ -134,35 +150,8 @@ def _key(sample: dict) -> tuple[str, Any]:
     return sample["image_path"], sample.get("slice")
 
 
-def _score(samples: list[dict], masks: list[torch.Tensor], per_sample: bool = False) -> dict[str, Any]:
-    """Metrics per case: per image, or per volume (slices put back), or with ``per_sample`` per 2D sample."""
-    if per_sample:
-        cases = [
-            {
-                "case": f"{Path(s['image_path']).name}#{s.get('slice')}",
-                "pred": m[0].numpy(),
-                "label": s["label"][0].numpy(),
-                "spacing": tuple(float(v) for v in s["spacing"]),
-            }
-            for s, m in zip(samples, masks)
-        ]
-    else:
-        cases = group_volumes(samples, masks)
-    return evaluate_cases(
-        [c["pred"] for c in cases],
-        [c["label"] for c in cases],
-        [c["spacing"] for c in cases],
-        [c["case"] for c in cases],
-    )
-
-
 def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
     """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs)."""
-    from monai.bundle import ConfigWorkflow
-
-    from blosam_med.cli import bundle_config
-    from blosam_med.data import task_preset_path
-
     config = ctx.config
     override = {
         "dataset_dir": None,
@@ -177,17 +166,7 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
         **config.train,
         **cell.method.options.get("set", {}),
     }
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle_config("train.yaml")), str(task_preset_path(config.tasks[cell.task]["preset"]))],
-        meta_file=str(bundle_config("metadata.json")),
-        logging_file=False,
-        run_id="training",
-        workflow_type="train",
-        **override,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    workflow = run_training(config.tasks[cell.task]["preset"], override)
     network = workflow.parser.get_parsed_content("network")
     return network, json.loads((folder / "metrics.json").read_text())
 
@@ -197,10 +176,13 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
     samples that are not among its shots (``result["dev"]``); returns the result and the test masks."""
     ctx.setup(cell.task)
     task, samples = ctx.presets[cell.task], ctx.test_samples[cell.task]
-    shots = draw_shot_samples(ctx.datalists[cell.task]["training"], task, cell.shots, cell.seed) if cell.shots else []
+    shots = (
+        draw_shot_samples(ctx.datalists[cell.task]["training"], task, cell.shots, cell.seed or 0) if cell.shots else []
+    )
     dev = [s for s in ctx.dev_samples[cell.task] if _key(s) not in {_key(t) for t in shots}]
     kind, opts = cell.method.kind, cell.method.options
     extra: dict[str, Any] = {}
+    assert ctx.cache is not None  # set by ctx.setup
     if kind == "zero_shot":
         predictor = Predictor([BloSam(ctx.backbone)], ctx.cache, ctx.device, 1)
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
@@ -208,7 +190,7 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         boxes = BoxPromptPredictor(ctx.backbone, ctx.cache, ctx.device)
         predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])
     elif kind == "unet":
-        unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed, device=ctx.device, **opts)
+        unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed or 0, device=ctx.device, **opts)
         losses = unet.fit(shots)
         extra["train"] = {
             "final_loss": losses[-1],
@@ -218,18 +200,29 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         predict = lambda xs: unet.masks([s["image"] for s in xs])
     else:
         network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
-        predictor = Predictor([network], ctx.cache, ctx.device, 1)
+        post = [mask_postprocess(task.keep_components, task.fill_holes)]  # what `blosam infer` applies
+        predictor = Predictor([network], ctx.cache, ctx.device, 1, postprocess=post)
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     masks = predict(samples)
-    result = {**_score(samples, masks), **extra}
+    result = {**score_predictions(samples, masks), **extra}
+    pool = ctx.eval_samples[cell.task]
+    if pool:  # the pool scores the cell; the test split is kept aside under "test"
+        test = {k: result.pop(k) for k in ("cases", "mean", "counts")}
+        pool_masks = predict(pool)
+        result = {**score_predictions(pool, pool_masks), "test": test, **result}
+        np.savez_compressed(folder / "eval_masks.npz", allow_pickle=False, **_packed(pool_masks))
     if dev:
-        scored = _score(dev, predict(dev), per_sample=True)
+        scored = score_predictions(dev, predict(dev), per_sample=True)
         result["dev"] = {"mean": scored["mean"], "cases": scored["cases"]}
     return result, masks
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)), overwrite=True)
+def _packed(masks: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Binary masks as bit-packed arrays with their shapes, for re-scoring (e.g. post-processing) without a rerun."""
+    return {
+        **{f"m{i}": np.packbits(m.numpy().astype(bool)) for i, m in enumerate(masks)},
+        "shapes": np.array([tuple(m.shape) for m in masks]),
+    }
 
 
 def run_study(
@@ -277,7 +270,7 @@ def run_study(
                 tracker.log_failure(cell, folder / "error.txt")
             continue
         preview = ctx.preview_indices(cell.task)
-        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})
+        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
         result.update(
             cell=cell.id,
             task=cell.task,
@@ -289,7 +282,7 @@ def run_study(
             wall_seconds=round(time.perf_counter() - wall, 2),
             cpu_seconds=round(time.process_time() - cpu, 2),
         )
-        _write_json(folder / RESULT_FILE, result)
+        write_json(folder / RESULT_FILE, result, overwrite=True)
         summary["done"].append(cell.id)
         if tracker:
             tracker.log_cell(cell, result, folder)

@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from blosam_med.engine.handlers import flatten_params
-from blosam_med.io import atomic_write
+from blosam_med.io import write_json
+from blosam_med.metrics import mean_metrics
 from blosam_med.study.config import Cell, StudyConfig
-from blosam_med.tracking import sqlite_uri
+from blosam_med.tracking import flatten_params, sqlite_uri
 
 __all__ = ["StudyTracker"]
-
-_METRICS = {"dice": "test_dice", "hd95": "test_hd95_mm", "nsd": "test_nsd"}
 
 
 class StudyTracker:
@@ -39,7 +37,7 @@ class StudyTracker:
         else:
             run = self.client.create_run(self.experiment_id, run_name=config.name, tags={"blosam.study": config.name})
             self.parent_id = run.info.run_id
-            atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"run_id": self.parent_id, "uri": self.uri})))
+            write_json(record, {"run_id": self.parent_id, "uri": self.uri})
             self.client.log_param(self.parent_id, "config", config.source)
             for k, v in flatten_params(
                 {
@@ -80,8 +78,8 @@ class StudyTracker:
         }
         for k, v in flatten_params(params).items():
             self.client.log_param(run_id, k, v[:6000])
-        for key, name in _METRICS.items():
-            self.client.log_metric(run_id, name, float(result["mean"][key]["mean"]))
+        for name, value in mean_metrics(result, "test").items():
+            self.client.log_metric(run_id, name, value)
         self.client.log_metric(run_id, "wall_seconds", float(result["wall_seconds"]))
         self.client.log_metric(run_id, "cpu_seconds", float(result["cpu_seconds"]))
         for f in ("result.json", "train/metrics.json", "train/draw.json"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -288,7 +290,7 @@ def test_dicom_without_pixel_data_is_refused(tmp_path):
 
 
 def test_truncated_copy_of_a_good_file(tmp_path):
-    data = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 5000])
     with pytest.raises(ValueError, match=r"cut\.dcm: .*truncated"):
         read_image(tmp_path / "cut.dcm")

@@ -26,7 +26,7 @@ def test_shards_of_each_global_batch_are_the_single_process_batch():
     per_rank = [[b.tolist() for b in s] for s in shards]
     assert all(len(batches) == len(single) == 4 for batches in per_rank)
     for step, batch in enumerate(single):
-        assert sum((per_rank[r][step] for r in range(world)), []) == batch
+        assert [i for r in range(world) for i in per_rank[r][step]] == batch
     loader.sampler.set_epoch(4)
     assert [b.tolist() for b in loader] != single  # epochs draw differently, so set_epoch must reach the sampler
 

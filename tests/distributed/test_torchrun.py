@@ -125,6 +125,8 @@ def test_distributed_training_equals_one_process_with_the_global_batch(tmp_path,
         "8",
         "--iterations",
         "4",
+        "--method",
+        "blosam",
         "--hypergradient",
         hypergradient,
     ]

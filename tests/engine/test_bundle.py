@@ -17,7 +17,7 @@ def _train(data, out, *extra):
 
 def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(synthetic_2d, out, "--iterations", "6") == 0
+    assert _train(synthetic_2d, out, "--iterations", "6", "--method", "blosam") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and set(metrics["final_loss"]) == {"loss_lower", "loss_upper"}
     draw = json.loads((out / "draw.json").read_text())
@@ -79,7 +79,7 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     import mlflow
 
     out = tmp_path / "tracked"
-    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking") == 0
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking", "--method", "blosam") == 0
     uri = f"sqlite:///{out / 'mlruns.db'}"
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")
@@ -93,3 +93,12 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     assert len(history) == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter.pt", "draw.json", "metrics.json"} <= artifacts
+
+    # blosam evaluate --tracking logs into the same run, as evaluate.yaml does (one evaluation path)
+    result = tmp_path / "test.json"
+    args = ["--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result), "--device", "cpu"]
+    assert main(["evaluate", *args, "--tracking"]) == 0
+    metrics = client.get_run(run.info.run_id).data.metrics
+    mean = json.loads(result.read_text())["mean"]
+    assert metrics["test_dice"] == mean["dice"]["mean"] and metrics["test_hd95_mm"] == mean["hd95"]["mean"]
+    assert "test_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -30,7 +30,7 @@ def _exact_hypergradient(model, loss_fn, batch_a, batch_b, xi):
         allow_unused=True,
         materialize_grads=True,
     )
-    unrolled = {n: w - xi * gi for n, w, gi in zip(names, lower, g)}
+    unrolled = {n: w - xi * gi for n, w, gi in zip(names, lower, g, strict=True)}
 
     class Decode(torch.nn.Module):
         def __init__(self, m):

@@ -16,7 +16,7 @@ def _batches(sampler, bs):
 def test_alternating_sampler_complements():
     lower = AlternatingSampler(3, 2, num_samples=8, batch_size=2, first=0, seed=1)
     upper = AlternatingSampler(3, 2, num_samples=8, batch_size=2, first=1, seed=2)
-    for lo, up in zip(_batches(lower, 2), _batches(upper, 2)):
+    for lo, up in zip(_batches(lower, 2), _batches(upper, 2), strict=True):
         sides = {all(i < 3 for i in lo), all(i < 3 for i in up)}
         assert sides == {True, False}  # one loader on A, the other on B
     assert [all(i < 3 for i in b) for b in _batches(lower, 2)] == [True, False, True, False]
@@ -46,6 +46,8 @@ def test_bundle_trains_with_alternating_roles(synthetic_2d, tmp_path):
                 "2",
                 "--iterations",
                 "4",
+                "--method",
+                "blosam",
                 "--roles",
                 "alternate",
             ]

@@ -4,11 +4,12 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.data import Dataset
+from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler, from_engine
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
-from blosam_med.engine import BiLevelTrainer, SingleLevelTrainer, TrainableState, bilevel_param_groups
+from blosam_med.engine import BiLevelEvents, BiLevelTrainer, TrainableState, bilevel_param_groups
 from blosam_med.model import BloSam
 
 
@@ -34,14 +35,14 @@ def _loader(n, shape, seed):
     return DataLoader(Dataset(data), batch_size=2, shuffle=False)
 
 
-def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
+def _trainer(tiny_backbone, bilevel=True, **kw):
     model = BloSam(tiny_backbone)
-    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2))
+    opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
     loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
     shape = tiny_backbone.embedding_shape
-    if cls is BiLevelTrainer:
+    if bilevel:
         kw.setdefault("upper_data_loader", _loader(2, shape, 1))
-    trainer = cls(
+    trainer = BiLevelTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_loader(2, shape, 0),
@@ -54,12 +55,12 @@ def _trainer(tiny_backbone, cls=BiLevelTrainer, **kw):
 
 
 def _changed(before, after):
-    return [not torch.equal(b, a) for b, a in zip(before, after)]
+    return [not torch.equal(b, a) for b, a in zip(before, after, strict=True)]
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
 def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone, hypergradient):
-    trainer, model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
+    trainer, _model, opt = _trainer(tiny_backbone, hypergradient=hypergradient)
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
@@ -73,7 +74,7 @@ def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone,
 
 
 def test_single_level_moves_everything_in_one_step(tiny_backbone):
-    trainer, model, opt = _trainer(tiny_backbone, cls=SingleLevelTrainer)
+    trainer, _model, opt = _trainer(tiny_backbone, bilevel=False)  # no subset B: single-level
     n_lower = len(opt.param_groups[0]["params"])
     initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     trainer.run()
@@ -81,6 +82,20 @@ def test_single_level_moves_everything_in_one_step(tiny_backbone):
     step = _changed(initial, opt.snapshots[0])
     assert any(step[:n_lower]) and all(step[n_lower:])
     assert set(trainer.state.output[0]["loss"]) == {"loss_joint"}
+
+
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_bilevel_events_fire_in_step_order(tiny_backbone, bilevel):
+    trainer, _, _ = _trainer(tiny_backbone, bilevel=bilevel)
+    fired = []
+    for event in BiLevelEvents:
+        trainer.add_event_handler(event, lambda _, e=event: fired.append(e.value))
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda _: fired.append("model_completed"))
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda _: fired.append("forward_completed"))
+    trainer.run()  # one iteration
+    lower = ["lower_forward_completed", "lower_backward_completed"]
+    upper = ["upper_forward_completed", "upper_backward_completed"] if bilevel else []
+    assert fired == [*lower, *upper, "model_completed"]
 
 
 def test_stats_handler_reads_both_losses(tiny_backbone, capsys):
@@ -130,7 +145,7 @@ def _plain_losses(backbone, bilevel: bool, iterations: int) -> list[tuple[float,
     through the prompt too): the reference the trainer's shortcuts must reproduce."""
     torch.manual_seed(0)  # LoRA's random initialisation, as for the trainer's model
     model = BloSam(backbone)
-    opt = torch.optim.AdamW(bilevel_param_groups(model, lr=1e-2))
+    opt = torch.optim.AdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
     loss_fn = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
     lower, upper = model.lower_parameters(), model.upper_parameters()
 
@@ -173,15 +188,15 @@ def _plain_losses(backbone, bilevel: bool, iterations: int) -> list[tuple[float,
     return losses
 
 
-@pytest.mark.parametrize("cls", [BiLevelTrainer, SingleLevelTrainer])
-def test_loss_curve_equals_the_plain_step(tiny_backbone, cls):
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_loss_curve_equals_the_plain_step(tiny_backbone, bilevel):
     torch.manual_seed(0)
-    trainer, _, _ = _trainer(tiny_backbone, cls, epoch_length=6)
+    trainer, _, _ = _trainer(tiny_backbone, bilevel, epoch_length=6)
     losses = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: losses.append(tuple(e.state.output[0]["loss"].values()))
     )
     trainer.run()
-    expected = _plain_losses(tiny_backbone, cls is BiLevelTrainer, 6)
-    assert len(losses) == 6 and len(losses[0]) == (2 if cls is BiLevelTrainer else 1)
+    expected = _plain_losses(tiny_backbone, bilevel, 6)
+    assert len(losses) == 6 and len(losses[0]) == (2 if bilevel else 1)
     assert torch.allclose(torch.tensor(losses), torch.tensor(expected), rtol=0, atol=1e-6), (losses, expected)

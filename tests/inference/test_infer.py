@@ -53,7 +53,7 @@ def test_nifti_round_trip_on_source_grid(tmp_path):
     adapter = _adapter(tmp_path / "a.pt")
     from blosam_med.inference import load_adapters
 
-    models, task = load_adapters([adapter])
+    models, task, _ = load_adapters([adapter])
     pred = predict_case({"image": str(tmp_path / "ct.nii.gz")}, task, Predictor(models, batch_size=4), progress=False)
     assert pred.kind == "volume" and len(pred.slices) == 10  # the original j axis is superior-inferior here
     from blosam_med.data import load_samples
@@ -84,7 +84,7 @@ def test_dicom_series_to_dicom_seg(tmp_path):
     adapter = _adapter(tmp_path / "a.pt")
     from blosam_med.inference import load_adapters
 
-    models, task = load_adapters([adapter])
+    models, task, _ = load_adapters([adapter])
     pred = predict_case({"image": str(series)}, task, Predictor(models), progress=False)
     # oracle: the label given in DICOM (Z, rows, cols) order, mapped through the same reader as the image
     nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), np.diag([1, 1, 1, 1.0])), tmp_path / "ignored.nii.gz")
@@ -135,7 +135,7 @@ def test_several_adapters_share_one_encoder_pass(tmp_path):
     from blosam_med.inference import load_adapters
 
     a, b = _adapter(tmp_path / "a.pt", seed=0), _adapter(tmp_path / "b.pt", seed=1)
-    models, _ = load_adapters([a, b])
+    models, _, _ = load_adapters([a, b])
     assert models[0].image_encoder is models[1].image_encoder
     cache = EmbeddingCache(models[0].backbone, None, batch_size=4, progress=False)
     images = [torch.rand(1, 30, 40) for _ in range(6)]

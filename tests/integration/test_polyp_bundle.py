@@ -29,7 +29,16 @@ def test_bundle_train_track_evaluate(shared_data, tmp_path):
 
     env = {**os.environ, "BLOSAM_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "run"
-    common = ["--dataset_dir", str(shared_data / "polyp"), "--output_dir", str(out), "--iterations", "6"]
+    common = [
+        "--dataset_dir",
+        str(shared_data / "polyp"),
+        "--output_dir",
+        str(out),
+        "--iterations",
+        "6",
+        "--method",
+        "blosam",
+    ]
     _bundle("training", CONFIGS, *common, "--tracking", "mlflow", env=env)
     assert (out / "adapter.pt").stat().st_size < 20 * 2**20
     _bundle("evaluating", EVAL_CONFIGS, *common, env=env)

@@ -88,3 +88,30 @@ def test_postprocess_restores_original_size(tiny_backbone):
     out = model.postprocess(logits, (100, 50))
     assert out.shape == (1, 1, 100, 50)
     assert (out[..., :20, :] > 0).all() and (out[..., 30:, :] <= 0).all()
+
+
+def test_box_prompt_tokens_start_at_the_frame_box_and_are_upper_level(tiny_backbone):
+    model = BloSam(tiny_backbone, prompt_init="box")
+    size = float(tiny_backbone.preprocessing.input_size)
+    sparse, _ = tiny_backbone.prompt_encoder(
+        points=None, boxes=torch.tensor([[0.0, 0.0, size - 1, size - 1]]), masks=None
+    )
+    assert torch.equal(model.prompt_tokens.detach(), sparse)
+    upper = {id(p) for p in model.upper_parameters()}
+    assert id(model.prompt_tokens) in upper and id(model.prompt) in upper
+    assert upper.isdisjoint({id(p) for p in model.lower_parameters()})
+    # the decoder sees the box tokens: the prompt-free call equals the backbone's own call with that box
+    emb = torch.randn(2, *tiny_backbone.embedding_shape)
+    _, dense = tiny_backbone.prompt_encoder(points=None, boxes=None, masks=None)
+    ref, _ = tiny_backbone.mask_decoder(
+        emb, tiny_backbone.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False
+    )
+    assert torch.allclose(model.forward_embeddings(emb), ref, atol=1e-5)
+    assert not torch.allclose(BloSam(tiny_backbone).forward_embeddings(emb), ref, atol=1e-5)
+
+
+def test_unknown_prompt_init_is_refused(tiny_backbone):
+    import pytest
+
+    with pytest.raises(ValueError, match="prompt_init must be one of"):
+        BloSam(tiny_backbone, prompt_init="points")

@@ -102,3 +102,23 @@ def test_written_files_get_umask_permissions(tiny_backbone, tmp_path):
     finally:
         os.umask(old)
     assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_box_prompt_round_trip(tiny_backbone, tmp_path):
+    model = BloSam(tiny_backbone, prompt_init="box")
+    with torch.no_grad():
+        model.prompt_tokens.add_(0.1 * torch.randn_like(model.prompt_tokens))
+    loaded, _ = load_adapter(save_adapter(model, tmp_path / "adapter.pt"))
+    assert loaded.prompt_init == "box" and loaded.prompt_tokens is not None
+    emb = torch.randn(1, *tiny_backbone.embedding_shape)
+    with torch.no_grad():
+        assert torch.equal(model.eval().forward_embeddings(emb), loaded.forward_embeddings(emb))
+
+
+def test_adapter_without_prompt_init_loads_as_no_mask(tiny_backbone, tmp_path):
+    path = save_adapter(BloSam(tiny_backbone), tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["prompt_init"]  # as written before the option existed
+    torch.save(payload, path)
+    loaded, _ = load_adapter(path)
+    assert loaded.prompt_init == "no_mask" and loaded.prompt_tokens is None

@@ -76,3 +76,25 @@ def test_duplicate_images_encoded_once(tiny_backbone):
     im = _images(1)[0]
     out = EmbeddingCache(tiny_backbone, None, progress=False).embed([im, im.clone(), im])
     assert tiny_backbone.image_encoder.images == 1 and torch.equal(out[0], out[2])
+
+
+def test_entry_changed_in_place_is_detected_and_recomputed(tiny_backbone, tmp_path, caplog):
+    """Same size, flipped bytes inside the tensor data: the file loads, the stored checksum does not match."""
+    images = _images(2)
+    first = EmbeddingCache(tiny_backbone, tmp_path, progress=False).embed(images)
+    files = sorted(tmp_path.rglob("*.pt"))
+    entry = torch.load(files[0], weights_only=True)
+    raw = bytearray(files[0].read_bytes())
+    needle = entry["embedding"].numpy().tobytes()[:64]  # the first values of the embedding, as stored
+    at = bytes(raw).index(needle)
+    for i in range(at, at + 64):
+        raw[i] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    corrupted = torch.load(files[0], weights_only=True)["embedding"]  # loads without complaint...
+    assert corrupted.shape == first[0].shape and not torch.equal(corrupted, entry["embedding"])
+    fresh = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    again = fresh.embed(images)
+    assert fresh.encoder_calls == 1  # ...but is recomputed
+    assert torch.allclose(again, first, atol=1e-6)
+    assert f"{files[0]}: unusable cache entry (ValueError: checksum mismatch" in caplog.text
+    assert torch.allclose(torch.load(files[0], weights_only=True)["embedding"], entry["embedding"], atol=1e-6)

@@ -92,7 +92,7 @@ def test_load_study_rejects_bad_configs(tmp_path):
                     "tasks": ["polyp"],
                     "shots": [2],
                     "seeds": [0],
-                    "methods": {"m": {"kind": "bundle", "baseline": "singel"}},
+                    "methods": {"m": {"kind": "bundle", "baseline": "singel"}},  # codespell:ignore singel
                 }
             }
         )
@@ -169,7 +169,7 @@ def test_slab_split_keeps_a_gap(tmp_path):
 
 
 def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_path, capsys):
-    methods = dict(METHODS, broken={"kind": "unet", "no_such_option": 1})
+    methods = dict(METHODS, broken={"kind": "unet", "channels": [8]})  # MONAI's UNet needs two levels or more
     config = _config(tmp_path, synthetic_2d, methods)
     out = tmp_path / "study"
     assert main(["study", str(config), "--device", "cpu"]) == 1  # the broken cells fail, the others finish
@@ -186,7 +186,7 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
         "lung_xray/k2_s1/unet",
         "lung_xray/zero",
     ]
-    assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("no_such_option") >= 1
+    assert (out / "cells/lung_xray/k2_s0/broken/error.txt").read_text().count("length of `channels`") >= 1
 
     result = json.loads((out / "cells/lung_xray/k2_s0/blosam/result.json").read_text())
     assert result["mean"]["dice"]["n"] == 2 and result["train"]["iterations"] == 2
@@ -217,7 +217,7 @@ def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_
 
 def test_aggregate_and_paired_differences():
     config = load_study(
-        Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml", {"shots": [2], "seeds": [0, 1]}
+        Path(__file__).resolve().parents[2] / "configs/study/fewshot_v1.yaml", {"shots": [2], "seeds": [0, 1]}
     )
     config.tasks = {"polyp": {}}
     rows = []
@@ -258,3 +258,58 @@ def test_aggregate_and_paired_differences():
     assert agg[("box-oracle", 2)]["dice_mean"] == 0.9 and agg[("box-oracle", 2)]["dice_std"] is None
     (pair,) = paired_differences(rows, "blosam", "single")
     assert pair["mean"] == pytest.approx(0.025) and pair["wins"] == 1 and pair["n"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, where, first",
+    [
+        ({"seed": [0]}, "study: unknown key 'seed'", "seeds"),
+        ({"train": {"iteration": 2}}, "study.train: unknown key 'iteration'", "iterations"),
+        ({"tasks": {"lung_xray": {"dat": "x"}}}, "study.tasks.lung_xray: unknown key 'dat'", "data"),
+    ],
+)
+def test_unknown_study_keys_are_refused(tmp_path, synthetic_2d, capsys, extra, where, first):
+    config = _config(tmp_path, synthetic_2d, **extra)
+    assert main(["study", str(config), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: {where}; valid keys: {first}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "study").exists()
+
+
+def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
+    methods = dict(METHODS, single={"kind": "bundle", "set": {"methd": "single"}})
+    with pytest.raises(ValueError, match=r"study.methods.single.set: unknown key 'methd'; valid keys: method"):
+        load_study(_config(tmp_path, synthetic_2d, methods))
+    methods = dict(METHODS, unet={"kind": "unet", "iteration": 2})
+    with pytest.raises(ValueError, match=r"study.methods.unet: unknown key 'iteration'; valid keys: iterations"):
+        load_study(_config(tmp_path, synthetic_2d, methods))
+
+
+def test_cells_are_scored_on_the_evaluation_pool(synthetic_2d, tmp_path):
+    n_pairs = len(list((synthetic_2d / "images").iterdir()))
+    methods = {"single": METHODS["single"]}
+    tasks = {"lung_xray": {"data": synthetic_2d.name, "eval": synthetic_2d.name}}
+    config = _config(tmp_path, synthetic_2d, methods, seeds=[0], tasks=tasks)
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    cell = tmp_path / "study/cells/lung_xray/k2_s0/single"
+    result = json.loads((cell / "result.json").read_text())
+    assert result["mean"]["dice"]["n"] == n_pairs  # the whole pool is scored
+    assert result["test"]["mean"]["dice"]["n"] < n_pairs  # the test split is kept aside
+    saved = np.load(cell / "eval_masks.npz")
+    assert len(saved["shapes"]) == n_pairs
+    table = (tmp_path / "study/report/table.md").read_text()
+    assert "evaluation pool" in table and "Runs that ended at empty masks" in table
+
+
+def test_bootstrap_interval_covers_the_mean_and_widens_with_noise():
+    from blosam_med.study.report import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    tight = 0.05 + 0.01 * rng.standard_normal((5, 160))
+    noisy = 0.05 + 0.30 * rng.standard_normal((5, 160))
+    lo, hi = bootstrap_interval(tight)
+    assert lo < tight.mean() < hi and lo > 0
+    lo2, hi2 = bootstrap_interval(noisy)
+    assert hi2 - lo2 > 5 * (hi - lo)
+    lo3, hi3 = bootstrap_interval(np.array([0.1, 0.2, 0.3]))  # one value per seed
+    assert 0.1 <= lo3 < 0.2 < hi3 <= 0.3
