@@ -29,6 +29,9 @@ class CLIError(Exception):
     """A user error the CLI reports as one line on stderr with exit status 2."""
 
 
+#: ``--engine`` choices (blosam_med.model.encoder_engines.ENGINES, listed here so the parser imports no torch).
+ENGINE_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
+
 #: Errors reported as one line naming the file and the problem (exit status 2), never a traceback. ``OSError``
 #: covers I/O faults (folder not writable, disk full) and missing or existing files.
 USER_ERRORS = (CLIError, OSError, ValueError)
@@ -102,6 +105,7 @@ TRAIN_OPTIONS = {
     "tracking_uri": "tracking_uri",
     "resume": "resume",
     "overwrite": "overwrite",
+    "engine": "engine",
 }
 
 
@@ -156,6 +160,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=given, help="backbone checkpoint for SAM/MedSAM backbones")
     p.add_argument("--cache-dir", default=given, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
+        "(exported once, float32; README Speed)",
+    )
     p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
     p.add_argument("--tracking-uri", default=given, help="MLflow tracking URI (default: sqlite in --out)")
     p.add_argument("--resume", action="store_true", default=given, help="continue from the last checkpoint in --out")
@@ -231,6 +242,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a GPU, 1 on the CPU")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
+        "(exported once, float32; README Speed)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
         "--tracking",
@@ -260,6 +278,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         **({} if args.nsd_tolerance is None else {"nsd_tolerance_mm": args.nsd_tolerance}),
         out=args.out,
         overwrite=args.overwrite,
+        engine=args.engine,
         tracking_uri=(args.tracking_uri or sqlite_uri(Path(args.adapter).parent)) if args.tracking else None,
     )
     print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))
@@ -349,6 +368,13 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on a GPU (not on the CPU)")
     p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="auto",
+        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
+        "(exported once, float32; README Speed)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="recompute finished cases and replace existing outputs (a rerun skips finished cases)",
@@ -400,6 +426,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         labels=args.labels,
         cache_dir=args.cache_dir,
         amp=args.amp,
+        engine=args.engine,
     )
     failed = [r for r in records if r["status"] == "failed"]
     if distributed.get_rank() == 0:
@@ -426,6 +453,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=None, help="training iterations of every bundle cell")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="torch",
+        help="what runs the frozen encoder (default torch: a study's cells then share eager embeddings; auto: the "
+        "fastest installed CPU runtime)",
+    )
     p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished cells")
     p.set_defaults(func=_run_study)
@@ -463,7 +497,11 @@ def _run_study(args: argparse.Namespace) -> int:
         report = write_report(config)
     else:
         summary = run_study(
-            config, device=resolve_device(args.device), cache_dir=args.cache_dir, tracking=not args.no_tracking
+            config,
+            device=resolve_device(args.device),
+            cache_dir=args.cache_dir,
+            tracking=not args.no_tracking,
+            engine=args.engine,
         )
         report, failed = summary["report"], summary["failed"]
     print(report["table"])

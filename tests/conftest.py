@@ -47,3 +47,12 @@ def _isolated(tmp_path, monkeypatch):
     """Embedding cache and MLflow stay inside the test's folder."""
     monkeypatch.setenv("BLOSAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _eager_auto(monkeypatch):
+    """``--engine auto`` (the CLI and bundle default) runs eager PyTorch in tests, so no test spends seconds exporting
+    the encoder; tests/model/test_encoder_engines.py restores the runtimes and tests them."""
+    from blosam_med.model import encoder_engines
+
+    monkeypatch.setattr(encoder_engines, "installed_runtimes", lambda: [])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -59,6 +59,19 @@ class TrainableState:
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         self.network.load_trainable_state_dict(state, "training checkpoint")
+
+
+@contextmanager
+def _constant(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Parameters that need no gradient inside the block (``requires_grad`` restored after)."""
+    states = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, state in zip(params, states, strict=True):
+            p.requires_grad_(state)
 
 
 class BiLevelTrainer(Trainer):
@@ -241,13 +254,15 @@ class BiLevelTrainer(Trainer):
         lower = engine.network.lower_parameters()
         upper = engine.network.upper_parameters()
 
-        # lower level (or the joint single-level step)
+        # lower level (or the joint single-level step); bi-level, the prompt is held constant in it: its gradient
+        # would be discarded, and without it the backward pass stops before the image-side input of the decoder
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
-            logits = engine.network.forward_embeddings(x_a)
-            loss_a = engine.loss_function(logits, y_a)
-        engine.fire_event(BiLevelEvents.LOWER_FORWARD_COMPLETED)
-        engine._backward(loss_a)
+        with _constant(upper if engine.bilevel else []):
+            with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
+                logits = engine.network.forward_embeddings(x_a)
+                loss_a = engine.loss_function(logits, y_a)
+            engine.fire_event(BiLevelEvents.LOWER_FORWARD_COMPLETED)
+            engine._backward(loss_a)
         stepped = lower + upper if not engine.bilevel else lower
         engine._average([p.grad for p in stepped])
         engine.fire_event(BiLevelEvents.LOWER_BACKWARD_COMPLETED)

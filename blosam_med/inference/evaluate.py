@@ -122,6 +122,7 @@ def evaluate_adapter(
     tracking_uri: str | None = None,
     experiment_name: str | None = None,
     run_name: str | None = None,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Predict every case of ``split`` and score it against its label, per image (2D) or per volume (3D).
 
@@ -136,6 +137,8 @@ def evaluate_adapter(
             JSON into the MLflow run that trained the adapter, at this tracking URI; nothing is logged when the
             run is not found there.
         experiment_name, run_name: that run (default: the experiment and run name the adapter stores).
+        engine: what runs the frozen encoder (``torch``, ``auto``, ``openvino``, ``onnxruntime``; see
+            :mod:`blosam_med.model.encoder_engines`).
 
     Returns:
         ``{"adapter", "split", "cases": [...], "mean": {...}}`` with Dice, HD95 (mm) and NSD per case.
@@ -153,7 +156,7 @@ def evaluate_adapter(
         raise ValueError(f"{data}: the datalist has no '{split}' cases")
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
-    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True)
+    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
     post = [mask_postprocess(task.keep_components, task.fill_holes)]
     predictor = Predictor([model], cache, device=device, batch_size=batch_size, postprocess=post)
     masks = predictor.masks([s["image"] for s in samples])

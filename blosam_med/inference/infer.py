@@ -349,12 +349,15 @@ def run_inference(
     labels: Sequence[str] | None = None,
     cache_dir: str | Path | None = None,
     amp: str | None = None,
+    engine: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict every input with the adapters (one encoder pass per slice for all of them) and write the outputs.
 
     ``formats`` defaults to ``png`` (mask + overlay) for 2D inputs and ``nifti`` + ``png`` (montage) for volumes.
     ``batch_size`` defaults to 8 on a GPU and 1 on the CPU, where larger batches were slower (see the README).
     ``amp`` (``"bf16"`` or ``"fp16"``, GPU only) runs encoder and decoders under ``torch.autocast``.
+    ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`): ``auto`` is the fastest installed
+    CPU runtime (exported once, float32), else eager PyTorch.
 
     Inputs are cases of a cohort (:mod:`blosam_med.inference.cohort`): when a ``torch.distributed`` process group is
     initialised (``torchrun ... blosam infer --distributed``) each process predicts its share of the cases; each case
@@ -380,7 +383,9 @@ def run_inference(
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
     entries, ignored = find_inputs(input, split)
-    cache = EmbeddingCache(models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype)
+    cache = EmbeddingCache(
+        models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype, engine=engine
+    )
     predictor = Predictor(
         models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, postprocess=postprocess
     )

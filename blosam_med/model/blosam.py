@@ -74,6 +74,10 @@ class BloSam(nn.Module):
                 getattr(self.mask_decoder, name).requires_grad_(True)
         self.prompt_encoder.no_mask_embed.weight.requires_grad_(True)
         self.image_encoder.requires_grad_(False)
+        # The dense positional encoding depends only on the frozen prompt encoder's random Fourier matrix: computed
+        # once here (moves with .to()), not in every decoder call.
+        with torch.no_grad():
+            self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe(), persistent=False)
         self.prompt_init = prompt_init
         self.prompt_tokens: nn.Parameter | None = None
         if prompt_init == "box":
@@ -160,7 +164,7 @@ class BloSam(nn.Module):
         )
         logits, _ = self.mask_decoder(
             image_embeddings=embeddings,
-            image_pe=self.prompt_encoder.get_dense_pe(),
+            image_pe=self.image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from blosam_med.io import atomic_write
 from blosam_med.model.backbones import Backbone
+from blosam_med.model.encoder_engines import EncoderEngine, build_engine, engine_id, resolve_engine
 from blosam_med.model.preprocess import preprocess_image
 
 __all__ = ["EmbeddingCache", "autocast"]
@@ -50,6 +51,10 @@ class EmbeddingCache:
         progress: show a progress bar while encoding.
         amp_dtype: run the encoder under ``torch.autocast`` with this dtype (GPU inference); entries computed so are
             kept apart from float32 ones.
+        engine: what runs the encoder (:mod:`blosam_med.model.encoder_engines`): ``torch``, ``auto`` or a runtime.
+            A runtime's embeddings agree with eager PyTorch to float32 rounding but are not bitwise equal, so its
+            entries are kept apart (keyed by runtime and version): a run reproduces exactly whatever engine filled
+            the cache before. The engine is built (and exported, once) at the first encoder call.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class EmbeddingCache:
         batch_size: int = 4,
         progress: bool = True,
         amp_dtype: torch.dtype | None = None,
+        engine: str = "torch",
     ) -> None:
         self.backbone = backbone
         self.root = Path(root) if root is not None else None
@@ -68,14 +74,36 @@ class EmbeddingCache:
         self.progress = progress
         self.encoder_calls = 0
         self.amp_dtype = amp_dtype
+        self.engine_name = resolve_engine(engine, self.device, amp_dtype)
+        self._engine: EncoderEngine | None = None
+        self._salt = self._describe(engine_id(self.engine_name))
+
+    def _describe(self, engine: str) -> bytes:
         described = {
-            "backbone": backbone.name,
-            "weights": backbone.fingerprint,
-            "prep": backbone.preprocessing.to_dict(),
+            "backbone": self.backbone.name,
+            "weights": self.backbone.fingerprint,
+            "prep": self.backbone.preprocessing.to_dict(),
         }
-        if amp_dtype is not None:
-            described["amp"] = str(amp_dtype)
-        self._salt = json.dumps(described, sort_keys=True).encode()
+        if self.amp_dtype is not None:
+            described["amp"] = str(self.amp_dtype)
+        if engine != "torch":  # eager entries keep the keys they always had
+            described["engine"] = engine
+        return json.dumps(described, sort_keys=True).encode()
+
+    @property
+    def engine(self) -> EncoderEngine:
+        """The encoder engine, built at first use; a runtime that fails falls back to ``torch`` (one warning)."""
+        if self._engine is None:
+            self._build_engine()
+        assert self._engine is not None
+        return self._engine
+
+    def _build_engine(self) -> bool:
+        """Build the engine; True when it fell back to another engine, which changes the keys."""
+        self._engine = build_engine(self.backbone, self.engine_name, self.device, self.amp_dtype, self.root)
+        salt, self._salt = self._salt, self._describe(self._engine.id)
+        self.engine_name = self._engine.name
+        return salt != self._salt
 
     def key(self, encoder_input: torch.Tensor) -> str:
         """SHA-256 of the backbone description and the preprocessed input's bytes."""
@@ -119,12 +147,9 @@ class EmbeddingCache:
             overwrite=True,
         )
 
-    @torch.inference_mode()
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         self.encoder_calls += 1
-        encoder = self.backbone.image_encoder.to(self.device)
-        with autocast(self.device, self.amp_dtype):
-            return encoder(batch.to(self.device)).float().cpu()
+        return self.engine(batch)
 
     def embed_inputs(self, inputs: Sequence[torch.Tensor], desc: str = "encoding") -> torch.Tensor:
         """Embeddings (N, C, h, w) for preprocessed encoder inputs, each (3, S, S); misses are encoded in batches."""
@@ -135,6 +160,8 @@ class EmbeddingCache:
             if emb is not None:
                 found[k] = emb
         missing = [k for k in dict.fromkeys(keys) if k not in found]
+        if missing and self._engine is None and self._build_engine():
+            return self.embed_inputs(inputs, desc)  # fell back to torch: look up the eager entries
         if missing:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not self.progress, leave=False)

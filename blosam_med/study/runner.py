@@ -88,6 +88,7 @@ class StudyContext:
     config: StudyConfig
     device: torch.device
     cache_dir: Path
+    engine: str = "torch"
     backbone: Any = None
     cache: EmbeddingCache | None = None
     presets: dict[str, TaskConfig] = field(default_factory=dict)
@@ -101,7 +102,7 @@ class StudyContext:
             self.backbone = build_backbone(
                 self.config.train.get("backbone", "litemedsam"), self.config.train.get("backbone_checkpoint")
             )
-            self.cache = EmbeddingCache(self.backbone, self.cache_dir, self.device, progress=True)
+            self.cache = EmbeddingCache(self.backbone, self.cache_dir, self.device, progress=True, engine=self.engine)
         if task not in self.presets:
             self.presets[task] = load_task(self.config.tasks[task]["preset"])
             self.datalists[task] = study_datalist(self.config, task, self.presets[task])
@@ -159,6 +160,7 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
         "shots": cell.shots,
         "seed": cell.seed,
         "cache_dir": str(ctx.cache_dir),
+        "engine": ctx.engine,
         "device": f"$torch.device('{ctx.device}')",
         "overwrite": True,
         **config.train,
@@ -229,8 +231,11 @@ def run_study(
     cache_dir: str | Path | None = None,
     tracking: bool = True,
     report: bool = True,
+    engine: str = "torch",
 ) -> dict[str, Any]:
     """Run every cell that is not done yet, then write the report.
+
+    ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`) for the study's embeddings.
 
     A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
     cleared and the cell rerun. A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
@@ -240,7 +245,7 @@ def run_study(
 
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir())
+    ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir(), engine)
     tracker = StudyTracker(config) if tracking else None
     summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}}
     for cell in config.cells():

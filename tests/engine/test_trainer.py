@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import Dataset
 from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler, from_engine
@@ -137,3 +138,65 @@ def test_trainable_state_round_trip(tiny_backbone):
 def test_distributed_needs_a_process_group(tiny_backbone):
     with pytest.raises(ValueError, match="initialised torch.distributed process group.*multi_gpu_train.yaml"):
         _trainer(tiny_backbone, distributed=True)
+
+
+def _plain_losses(backbone, bilevel: bool, iterations: int) -> list[tuple[float, ...]]:
+    """The training step written plainly (positional encoding recomputed in every call, the lower step's backward
+    through the prompt too): the reference the trainer's shortcuts must reproduce."""
+    torch.manual_seed(0)  # LoRA's random initialisation, as for the trainer's model
+    model = BloSam(backbone)
+    opt = torch.optim.AdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
+    loss_fn = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
+    lower, upper = model.lower_parameters(), model.upper_parameters()
+
+    def logits(x):
+        dense = model.prompt.reshape(1, -1, 1, 1).expand(1, -1, *x.shape[-2:])
+        out, _ = model.mask_decoder(
+            image_embeddings=x,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=x.new_zeros((1, 0, x.shape[1])),
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return out
+
+    def step(params):
+        for p in lower + upper:
+            if all(p is not q for q in params):
+                p.grad = None
+        opt.step()
+
+    losses = []
+    batches_a = [next(iter(_loader(2, backbone.embedding_shape, 0)))] * iterations
+    batches_b = [next(iter(_loader(2, backbone.embedding_shape, 1)))] * iterations
+    for a, b in zip(batches_a, batches_b, strict=True):
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss_a = loss_fn(logits(a["image"]), a["label"])
+        loss_a.backward()
+        step(lower if bilevel else lower + upper)
+        if not bilevel:
+            losses.append((loss_a.item(),))
+            continue
+        loss_b = loss_fn(logits(b["image"]), b["label"])
+        grads = torch.autograd.grad(loss_b, upper)
+        opt.zero_grad(set_to_none=True)
+        for p, g in zip(upper, grads, strict=True):
+            p.grad = g
+        step(upper)
+        losses.append((loss_a.item(), loss_b.item()))
+    return losses
+
+
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_loss_curve_equals_the_plain_step(tiny_backbone, bilevel):
+    torch.manual_seed(0)
+    trainer, _, _ = _trainer(tiny_backbone, bilevel, epoch_length=6)
+    losses = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.append(tuple(e.state.output[0]["loss"].values()))
+    )
+    trainer.run()
+    expected = _plain_losses(tiny_backbone, bilevel, 6)
+    assert len(losses) == 6 and len(losses[0]) == (2 if bilevel else 1)
+    assert torch.allclose(torch.tensor(losses), torch.tensor(expected), rtol=0, atol=1e-6), (losses, expected)
