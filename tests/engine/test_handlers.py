@@ -34,7 +34,8 @@ def test_truncated_or_foreign_checkpoint_on_resume(synthetic_2d, tmp_path, capsy
         assert _train(synthetic_2d, out, "--iterations", "4", "--set", "epoch_length=2", "--resume") == 2, name
         err = capsys.readouterr().err
         assert f"{ckpt}: not a readable training checkpoint" in err and "start without --resume" in err, err
-        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        # one error line (a progress bar of the views' encoding may come before it), no traceback
+        assert "Traceback" not in err and sum("blosam train: error" in x for x in err.splitlines()) == 1, err
         assert snapshot(out) == before, name
 
 
