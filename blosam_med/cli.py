@@ -37,6 +37,18 @@ ENGINE_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
 USER_ERRORS = (CLIError, OSError, ValueError)
 
 
+def _add_engine(p: argparse.ArgumentParser, default: str = "auto", text: str | None = None) -> None:
+    """The ``--engine`` option: what runs the frozen encoder."""
+    p.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default=default,
+        help=text
+        or "what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
+        "(exported once, float32; README Speed)",
+    )
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
 
@@ -160,13 +172,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=given, help="backbone checkpoint for SAM/MedSAM backbones")
     p.add_argument("--cache-dir", default=given, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--engine",
-        choices=ENGINE_CHOICES,
-        default="auto",
-        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
-        "(exported once, float32; README Speed)",
-    )
+    _add_engine(p)
     p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
     p.add_argument("--tracking-uri", default=given, help="MLflow tracking URI (default: sqlite in --out)")
     p.add_argument("--resume", action="store_true", default=given, help="continue from the last checkpoint in --out")
@@ -242,13 +248,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on a GPU, 1 on the CPU")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--engine",
-        choices=ENGINE_CHOICES,
-        default="auto",
-        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
-        "(exported once, float32; README Speed)",
-    )
+    _add_engine(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
         "--tracking",
@@ -367,13 +367,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="reuse/fill an embedding cache")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on a GPU (not on the CPU)")
-    p.add_argument(
-        "--engine",
-        choices=ENGINE_CHOICES,
-        default="auto",
-        help="what runs the frozen encoder: auto (the fastest installed CPU runtime, else torch), torch, or a runtime "
-        "(exported once, float32; README Speed)",
-    )
+    _add_engine(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -453,11 +447,10 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=None, help="training iterations of every bundle cell")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--engine",
-        choices=ENGINE_CHOICES,
+    _add_engine(
+        p,
         default="torch",
-        help="what runs the frozen encoder (default torch: a study's cells then share eager embeddings; auto: the "
+        text="what runs the frozen encoder (default torch: a study's cells then share eager embeddings; auto: the "
         "fastest installed CPU runtime)",
     )
     p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
