@@ -38,7 +38,8 @@ class EmbeddingCache:
     The key hashes the preprocessed encoder input, so an augmented view, a different window or a different
     preprocessing is a different entry. Entries are written atomically; an unreadable, truncated or inconsistent entry
     is logged, recomputed and rewritten; each entry stores a SHA-256 of its embedding, so bytes changed in place
-    (same size, which the file format does not detect) are found too. Several processes (``torchrun`` ranks, on one node or sharing a network
+    (same size, which the file format does not detect) are found too; an entry of a version before checksums is
+    checked as the others are (key, shape, finite values) and rewritten with its checksum, not recomputed. Several processes (``torchrun`` ranks, on one node or sharing a network
     folder) may use one cache: each entry is written to a temporary file and renamed into place (``os.replace``), so
     a reader sees a whole entry or none; when two processes encode the same input, the last rename wins and both
     entries are valid (``tests/distributed/test_cache_sharing.py``).
@@ -127,15 +128,15 @@ class EmbeddingCache:
             emb = entry["embedding"]
             if entry.get("key") != key or tuple(emb.shape) != tuple(self.backbone.embedding_shape):
                 raise ValueError(f"key or shape mismatch ({tuple(emb.shape)})")
-            if "sha256" not in entry:
-                raise ValueError("no checksum (an entry of an older version)")
-            if entry["sha256"] != _checksum(emb):
+            if "sha256" in entry and entry["sha256"] != _checksum(emb):
                 raise ValueError("checksum mismatch: the stored embedding changed after it was written")
             if not torch.isfinite(emb).all():
                 raise ValueError("non-finite values")
         except Exception as err:  # corrupt entries are recomputed, never fatal
             logger.warning("%s: unusable cache entry (%s: %s); recomputing", path, type(err).__name__, err)
             return None
+        if "sha256" not in entry:  # an entry of a version before checksums: whole (renamed into place), so upgraded
+            self._write(key, emb)
         return emb
 
     def _write(self, key: str, emb: torch.Tensor) -> None:

@@ -98,3 +98,18 @@ def test_entry_changed_in_place_is_detected_and_recomputed(tiny_backbone, tmp_pa
     assert torch.allclose(again, first, atol=1e-6)
     assert f"{files[0]}: unusable cache entry (ValueError: checksum mismatch" in caplog.text
     assert torch.allclose(torch.load(files[0], weights_only=True)["embedding"], entry["embedding"], atol=1e-6)
+
+
+def test_entry_without_checksum_is_upgraded_not_recomputed(tiny_backbone, tmp_path):
+    """An entry written before checksums existed is kept (no encoder call) and rewritten with its checksum."""
+    images = _images(2)
+    first = EmbeddingCache(tiny_backbone, tmp_path, progress=False).embed(images)
+    files = sorted(tmp_path.rglob("*.pt"))
+    for f in files:
+        entry = torch.load(f, weights_only=True)
+        torch.save({"key": entry["key"], "embedding": entry["embedding"]}, f)
+    tiny_backbone.image_encoder = CountingEncoder(tiny_backbone.image_encoder)
+    again = EmbeddingCache(tiny_backbone, tmp_path, progress=False).embed(images)
+    assert tiny_backbone.image_encoder.images == 0
+    assert torch.equal(first, again)
+    assert all("sha256" in torch.load(f, weights_only=True) for f in files)

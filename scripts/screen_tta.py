@@ -1,0 +1,101 @@
+"""Score test-time flips on the evaluation pools with adapters already trained (no retraining).
+
+    python scripts/screen_tta.py configs/study/screen.yaml --cache-dir runs/study_cache
+    python scripts/screen_tta.py configs/study/screen.yaml --cache-dir runs/study_cache --adapter lung_xray=runs/shipped/lung_xray/adapter.pt
+
+For every finished trained cell of the study (or every ``task=adapter.pt`` given), prints the mean pool Dice without
+flips and with each set of flips (the flipped logits flipped back and averaged as probabilities), after the task
+preset's post-processing, so the presets' ``tta`` choice is made on the evaluation pool (never on the test split).
+Flipped embeddings go to the cache like any other input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from blosam_med.data import load_task
+from blosam_med.inference import Predictor, load_adapters
+from blosam_med.inference.predictor import binary_masks
+from blosam_med.model import EmbeddingCache
+from blosam_med.study.config import load_study
+from blosam_med.study.runner import eval_samples
+
+FLIPS = {"h": (-1,), "v": (-2,)}
+CANDIDATES = {"none": [()], "h": [(), (-1,)], "v": [(), (-2,)], "hv": [(), (-1,), (-2,), (-2, -1)]}
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    total = pred.sum() + ref.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(pred, ref).sum() / total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config")
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--adapter", action="append", default=[], help="task=path (instead of the study's cells)")
+    parser.add_argument("--tasks", nargs="*")
+    parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--out", help="write the per-adapter scores to this JSON file")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    config = load_study(args.config)
+    if args.adapter:
+        jobs = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in args.adapter]
+    else:
+        jobs = [
+            (task, p)
+            for task in config.tasks
+            for p in sorted((config.output_dir / "cells" / task).glob("k*_s*/*/train/adapter.pt"))
+        ]
+    jobs = [(t, p) for t, p in jobs if not args.tasks or t in args.tasks]
+    pools: dict[str, list[dict]] = {}
+    results: dict[str, dict[str, float]] = {}
+    by_method: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for task, path in jobs:
+        if task not in pools:
+            pools[task] = eval_samples(config, task, load_task(config.tasks[task]["preset"]))
+        pool = pools[task]
+        models, _, post = load_adapters([path])
+        predictor = Predictor(models, EmbeddingCache(models[0].backbone, args.cache_dir), batch_size=4, postprocess=post)
+        images = [s["image"] for s in pool]
+        refs = [s["label"][0].numpy() > 0 for s in pool]
+        needed = sorted({f for c in args.candidates for f in CANDIDATES[c]})
+        probs = {}
+        for dims in needed:
+            flipped = [torch.flip(im, dims) if dims else im for im in images]
+            logits = predictor.logits(flipped, progress=True, desc=f"{path.parent.parent.name} flip {dims}")
+            probs[dims] = [torch.sigmoid(torch.flip(lg, dims) if dims else lg) for lg in logits]
+        scores = {}
+        for name in args.candidates:
+            vals = []
+            for i, ref in enumerate(refs):
+                p = torch.stack([probs[d][i] for d in CANDIDATES[name]]).mean(0)
+                m = binary_masks(torch.logit(p.clamp(1e-6, 1 - 1e-6)), post)[0].numpy().astype(bool)
+                vals.append(dice(m, ref))
+            scores[name] = float(np.mean(vals))
+        label = f"{task}/{path.parent.parent.parent.name}/{path.parent.parent.name}"
+        results[label] = scores
+        for name, v in scores.items():
+            by_method[(task, path.parent.parent.name, name)].append(v)
+        print(label, "  ".join(f"{n} {v:.4f} ({v - scores['none']:+.4f})" for n, v in scores.items()), flush=True)
+    print("\nmean over adapters (task, method): candidate mean Dice (change vs none)")
+    for task, method in sorted({(t, m) for t, m, _ in by_method}):
+        base = np.mean(by_method[(task, method, "none")])
+        row = "  ".join(
+            f"{n} {np.mean(by_method[(task, method, n)]):.4f} ({np.mean(by_method[(task, method, n)]) - base:+.4f})"
+            for n in args.candidates
+        )
+        print(f"{task} {method} [{len(by_method[(task, method, 'none')])}]: {row}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
