@@ -15,7 +15,7 @@ import yaml
 
 from blosam_med.data.windowing import WINDOW_NAMES
 
-__all__ = ["TaskConfig", "load_task", "task_preset_path", "preset_names", "PRESET_DIR", "AXES"]
+__all__ = ["TaskConfig", "load_task", "task_preset_path", "preset_names", "PRESET_DIR", "AXES", "FLIPS"]
 
 #: Presets shipped with the package: ``configs/<name>.yaml`` at the repository top (``blosam_med/configs`` links to it).
 PRESET_DIR = Path(str(resources.files("blosam_med") / "configs"))
@@ -24,6 +24,9 @@ PRESET_DIR = Path(str(resources.files("blosam_med") / "configs"))
 AXES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 NONZERO = "nonzero"
+
+#: Test-time flips a task preset may ask for, and the image dimensions each reverses.
+FLIPS: dict[str, tuple[int, ...]] = {"h": (-1,), "v": (-2,)}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class TaskConfig:
         keep_components: predicted masks keep only their ``n`` largest connected components (``0``: all), per 2D
             image or slice; chosen per task on the evaluation pool (``scripts/screen_postprocess.py``).
         fill_holes: predicted masks get their enclosed holes filled.
+        flips: test-time flips: each (``"h"`` left-right, ``"v"`` up-down) adds a prediction of the flipped image,
+            flipped back and averaged with the others as probabilities (one more encoder pass each); chosen per task
+            on the evaluation pool (``scripts/screen_tta.py``).
         description: free text.
     """
 
@@ -69,6 +75,7 @@ class TaskConfig:
     shot_unit: str = "slice"
     keep_components: int = 0
     fill_holes: bool = False
+    flips: tuple[str, ...] = ()
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +96,11 @@ class TaskConfig:
             raise ValueError(f"{where}: keep_components must be >= 0 (0 keeps all), got {self.keep_components}")
         if int(self.shots) < 1 or int(self.every_n) < 1:
             raise ValueError(f"{where}: shots and every_n must be >= 1, got {self.shots}, {self.every_n}")
+        flips = (self.flips,) if isinstance(self.flips, str) else tuple(self.flips or ())
+        bad = [f for f in flips if f not in FLIPS]
+        if bad or len(set(flips)) != len(flips):
+            raise ValueError(f"{where}: flips must be distinct names among {list(FLIPS)}, got {list(flips)}")
+        object.__setattr__(self, "flips", flips)
         values = self.label_values
         if values is None or (isinstance(values, str) and values.lower() == NONZERO):
             values = NONZERO
@@ -120,6 +132,7 @@ class TaskConfig:
         """A JSON/YAML-able mapping that :meth:`from_dict` reads back to an equal config."""
         d = asdict(self)
         d["label_values"] = self.label_values if self.label_values == NONZERO else list(self.label_values)
+        d["flips"] = list(self.flips)
         return d
 
 

@@ -14,7 +14,7 @@ from blosam_med.inference.infer import (
     write_case,
 )
 from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -28,6 +28,7 @@ __all__ = [
     "FORMATS",
     "CasePrediction",
     "Predictor",
+    "preset_options",
     "mask_postprocess",
     "collect_inputs",
     "find_inputs",

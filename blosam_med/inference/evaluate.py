@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
-from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.inference.predictor import Predictor, default_batch_size
+from blosam_med.inference.predictor import Predictor, default_batch_size, preset_options
 from blosam_med.io import write_json
 from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
 from blosam_med.model.blosam import BloSam
@@ -157,8 +156,7 @@ def evaluate_adapter(
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
-    post = [mask_postprocess(task.keep_components, task.fill_holes)]
-    predictor = Predictor([model], cache, device=device, batch_size=batch_size, postprocess=post)
+    predictor = Predictor([model], cache, device=device, batch_size=batch_size, **preset_options([task]))
     masks = predictor.masks([s["image"] for s in samples])
     result = {
         "adapter": str(adapter),

@@ -26,8 +26,7 @@ from blosam_med.data import (
     slices_to_volume,
 )
 from blosam_med.data.files import NIFTI_EXT
-from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.inference.writers import (
     to_source_grid,
     write_dicom_seg,
@@ -112,11 +111,11 @@ def _label_map(masks: torch.Tensor) -> np.ndarray:
 
 def load_adapters(
     paths: Sequence[str | Path], checkpoint: str | Path | None = None
-) -> tuple[list[BloSam], TaskConfig, list[Any]]:
+) -> tuple[list[BloSam], TaskConfig, list[TaskConfig]]:
     """Load adapters that share one backbone (built once) and one input preparation (window, channels).
 
-    Returns the models, the (first adapter's) task preset that prepares the inputs, and per adapter the mask
-    post-processing its own task preset asks for (``None`` when none).
+    Returns the models, the (first adapter's) task preset that prepares the inputs, and every adapter's own task
+    preset (its mask post-processing and test-time flips: :func:`blosam_med.inference.preset_options`).
 
     Raises:
         ValueError: adapters of different backbones or different windowing, naming the files.
@@ -137,7 +136,7 @@ def load_adapters(
         raise ValueError(f"adapters window their inputs differently ({sorted(map(str, prep))}); run them separately")
     backbone: Backbone = build_backbone(names.pop(), checkpoint)
     models = [load_adapter(p, backbone)[0] for p in paths]
-    return models, tasks[0], [mask_postprocess(t.keep_components, t.fill_holes) for t in tasks]
+    return models, tasks[0], tasks
 
 
 #: NIfTI names taken for the label of a DICOM series beside them (``<case>/dicom/`` + ``<case>/label.nii.gz``, the
@@ -378,7 +377,7 @@ def run_inference(
         raise ValueError(f"amp '{amp}' needs a CUDA device (device is {device}); on the CPU inference runs in float32")
     amp_dtype = AMP_DTYPES[amp] if amp else None
     batch_size = batch_size or default_batch_size(device)
-    models, task, postprocess = load_adapters(adapters, checkpoint)
+    models, task, presets = load_adapters(adapters, checkpoint)
     names = list(labels) if labels else [Path(a).stem if len(adapters) > 1 else task.label_name for a in adapters]
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
@@ -387,7 +386,7 @@ def run_inference(
         models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype, engine=engine
     )
     predictor = Predictor(
-        models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, postprocess=postprocess
+        models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, **preset_options(presets)
     )
 
     def run_case(entry: dict, claim: Callable[[dict[str, Path]], None]) -> dict[str, Any]:

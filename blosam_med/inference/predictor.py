@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import torch
 from tqdm.auto import tqdm
 
+from blosam_med.data.tasks import FLIPS, TaskConfig
+from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache, autocast
 
-__all__ = ["Predictor", "binary_masks", "default_batch_size"]
+__all__ = ["Predictor", "binary_masks", "default_batch_size", "preset_options"]
 
 
 def default_batch_size(device: str | torch.device) -> int:
@@ -29,6 +32,11 @@ class Predictor:
         amp_dtype: run the decoders under ``torch.autocast`` with this dtype (GPU); logits come back as float32.
         postprocess: per model, a transform of its binary (1, H, W) masks (see
             :func:`blosam_med.inference.mask_postprocess`) or ``None``; applied by :meth:`masks`.
+        flips: per model, test-time flips (names of :data:`blosam_med.data.FLIPS`): each flipped image is encoded
+            once for every model that asks for it, its logits are flipped back, and a model's logits become the
+            logit of its mean probability over the original and its flips. ``None``: no flips.
+
+    :func:`preset_options` gives ``postprocess`` and ``flips`` from each model's task preset.
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class Predictor:
         batch_size: int = 8,
         amp_dtype: torch.dtype | None = None,
         postprocess: Sequence[Callable | None] | None = None,
+        flips: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
@@ -49,6 +58,9 @@ class Predictor:
         self.postprocess = list(postprocess) if postprocess is not None else [None] * len(models)
         if len(self.postprocess) != len(self.models):
             raise ValueError(f"{len(self.postprocess)} post-processing entries for {len(self.models)} models")
+        self.flips = [tuple(f) for f in flips] if flips is not None else [()] * len(models)
+        if len(self.flips) != len(self.models) or any(f not in FLIPS for fl in self.flips for f in fl):
+            raise ValueError(f"flips must list, per model ({len(self.models)}), names among {list(FLIPS)}: {flips}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
@@ -62,28 +74,54 @@ class Predictor:
     ) -> list[torch.Tensor]:
         """Per image a (n_models, H, W) float tensor of logits at the image's own size.
 
-        The encoder runs once per image (batched), under ``torch.inference_mode``; every model decodes the batch.
+        The encoder runs once per image (batched) and once more per test-time flip any model asks for, under
+        ``torch.inference_mode``; every model decodes the batches it needs.
         """
+        passes = [()] + sorted({FLIPS[f] for fl in self.flips for f in fl})
         out: list[torch.Tensor] = []
         for start in tqdm(
             range(0, len(images), self.batch_size), desc=desc, unit="batch", disable=not progress, leave=False
         ):
             chunk = list(images[start : start + self.batch_size])
-            emb = self.cache.embed(chunk).to(self.device)
-            with autocast(self.device, self.amp_dtype):
-                per_model = [m.forward_embeddings(emb).float() for m in self.models]  # each (b, 1, h, w)
-            for i, im in enumerate(chunk):
-                size = (im.shape[-2], im.shape[-1])
-                out.append(
-                    torch.cat(
-                        [m.postprocess(p[i : i + 1], size)[0] for m, p in zip(self.models, per_model, strict=True)]
-                    ).cpu()
-                )
+            sizes = [(im.shape[-2], im.shape[-1]) for im in chunk]
+            # per model, per image: its logits at the image's size, one tensor per pass it takes (flipped back)
+            found: list[list[list[torch.Tensor]]] = [[[] for _ in chunk] for _ in self.models]
+            for dims in passes:
+                users = [i for i, fl in enumerate(self.flips) if not dims or dims in (FLIPS[f] for f in fl)]
+                emb = self.cache.embed([im.flip(dims) for im in chunk] if dims else chunk).to(self.device)
+                with autocast(self.device, self.amp_dtype):
+                    per_model = {i: self.models[i].forward_embeddings(emb).float() for i in users}  # (b, 1, h, w)
+                for i, p in per_model.items():
+                    for j, size in enumerate(sizes):
+                        lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
+                        found[i][j].append(lg.flip(dims) if dims else lg)
+            for j in range(len(chunk)):
+                out.append(torch.stack([_mean_logit(found[i][j]) for i in range(len(self.models))]).cpu())
         return out
 
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per image a (n_models, H, W) uint8 mask (logit > 0, then each model's post-processing)."""
         return [binary_masks(lg, self.postprocess) for lg in self.logits(images)]
+
+
+def _mean_logit(logits: list[torch.Tensor]) -> torch.Tensor:
+    """One pass: its logits unchanged; several: the logit of their mean probability."""
+    if len(logits) == 1:
+        return logits[0]
+    return torch.logit(torch.stack(logits).sigmoid().mean(0), eps=1e-6)
+
+
+class PresetOptions(TypedDict):
+    postprocess: list[Callable | None]
+    flips: list[tuple[str, ...]]
+
+
+def preset_options(presets: Sequence[TaskConfig]) -> PresetOptions:
+    """:class:`Predictor` keywords from each model's task preset: mask post-processing and test-time flips."""
+    return {
+        "postprocess": [mask_postprocess(t.keep_components, t.fill_holes) for t in presets],
+        "flips": [t.flips for t in presets],
+    }
 
 
 def binary_masks(logits: torch.Tensor, postprocess: Sequence[Callable | None]) -> torch.Tensor:

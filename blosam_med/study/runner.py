@@ -17,8 +17,7 @@ import torch
 from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import score_predictions
-from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.inference.predictor import Predictor
+from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.io import write_json
 from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
@@ -200,8 +199,8 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         predict = lambda xs: unet.masks([s["image"] for s in xs])
     else:
         network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
-        post = [mask_postprocess(task.keep_components, task.fill_holes)]  # what `blosam infer` applies
-        predictor = Predictor([network], ctx.cache, ctx.device, 1, postprocess=post)
+        # what `blosam infer` applies: the preset's post-processing and test-time flips
+        predictor = Predictor([network], ctx.cache, ctx.device, 1, **preset_options([task]))
         predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
     masks = predict(samples)
     result = {**score_predictions(samples, masks), **extra}
