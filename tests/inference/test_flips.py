@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from synthetic import CountingEncoder
 
 from blosam_med.data import TaskConfig
 from blosam_med.inference import Predictor, preset_options
 from blosam_med.model import BloSam, EmbeddingCache
-
-
-class CountingEncoder(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.images = inner, 0
-
-    def forward(self, x):
-        self.images += x.shape[0]
-        return self.inner(x)
 
 
 def _model(backbone, seed: int) -> BloSam:

@@ -1,20 +1,9 @@
 from __future__ import annotations
 
 import torch
+from synthetic import CountingEncoder
 
 from blosam_med.model import EmbeddingCache
-
-
-class CountingEncoder(torch.nn.Module):
-    """Wraps an encoder and counts the images it was asked to encode."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.images = inner, 0
-
-    def forward(self, x):
-        self.images += x.shape[0]
-        return self.inner(x)
 
 
 def _images(n, seed=0):
