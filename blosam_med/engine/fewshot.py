@@ -24,6 +24,7 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Sampler
 
 from blosam_med.data import TaskConfig, case_id, describe_draw, load_samples, sample_shots, split_ab
+from blosam_med.data.keys import Sample, SampleKeys
 from blosam_med.io import write_json
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
@@ -82,20 +83,19 @@ def _views(sample: dict, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     View ``k`` of an image depends on ``(k, case, slice)`` only, not on the draw's seed nor on the other shots, so
     its embedding is encoded once and reused by every draw (and every run) that picks the image.
     """
-    out = [(torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]))]
+    out = [(torch.as_tensor(sample[SampleKeys.IMAGE]).float(), torch.as_tensor(sample[SampleKeys.LABEL]))]
     aug = augmentation()
     for k in range(1, views + 1):
         aug.set_random_state(seed=int(np.random.SeedSequence([k, hash_case(sample)]).generate_state(1)[0]))
-        d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
-        out.append(
-            (torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8))
-        )
+        d = aug({SampleKeys.IMAGE: out[0][0].clone(), SampleKeys.LABEL: out[0][1].float()})
+        image, label = torch.as_tensor(d[SampleKeys.IMAGE]), torch.as_tensor(d[SampleKeys.LABEL])
+        out.append((image.clamp(0, 1).float(), (label > 0.5).to(torch.uint8)))
     return out
 
 
 def hash_case(sample: dict) -> int:
     """A stable integer for a sample (case and slice), independent of Python's hash seed."""
-    key = f"{sample.get('case')}:{sample.get('slice')}".encode()
+    key = f"{sample.get(SampleKeys.CASE)}:{sample.get(SampleKeys.SLICE)}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
@@ -150,7 +150,7 @@ class AlternatingSampler(EpochSampler):
 
 def draw_shot_samples(
     items: Sequence[dict], task: TaskConfig, shots: int, seed: int, base_dir: str | Path | None = None
-) -> list[dict[str, Any]]:
+) -> list[Sample]:
     """The ``shots`` 2D training samples of a seeded draw (images, or annotated slices of volumes).
 
     Every method of a study that uses this draw (BLO-SAM, single-level, a U-Net) trains on the same samples.
@@ -159,20 +159,24 @@ def draw_shot_samples(
         ValueError: a drawn shot has no labelled structure, or its mask has several labels for a one-label task
             (the message names the files).
     """
-    pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
+    pool = [{**it, SampleKeys.CASE: it.get(SampleKeys.CASE) or case_id(it[SampleKeys.IMAGE])} for it in items]
     if task.spatial_dims == 3 and task.shot_unit == "slice":
         slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True, check_labels=True)
         shot_samples = sample_shots(slices, shots, seed)
     else:
         chosen = sample_shots(pool, shots, seed)
         shot_samples = load_samples(chosen, task, base_dir=base_dir, check_labels=True)
-    empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
+    empty = [s[SampleKeys.IMAGE_PATH] for s in shot_samples if not _labelled(s)]
     if empty:
         raise ValueError(
             f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
             "mask); label the structure or remove the image from the training split"
         )
     return shot_samples
+
+
+def _labelled(sample: Sample) -> bool:
+    return SampleKeys.LABEL in sample and bool(sample[SampleKeys.LABEL].any())
 
 
 class FewShotData:
@@ -221,21 +225,21 @@ class FewShotData:
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
         self.validation = Dataset(
-            [d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0]
+            [d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d[SampleKeys.VIEW] == 0]
         )
 
-    def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
+    def _cached(self, samples: list[Sample], name: str) -> list[Sample]:
         pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views))]
         if not pairs:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
         return [
             {
-                "image": e,
-                "label": label_target(lab, self.target_size),
-                "case": s["case"],
-                "slice": -1 if s.get("slice") is None else int(s["slice"]),
-                "view": v,
+                SampleKeys.IMAGE: e,
+                SampleKeys.LABEL: label_target(lab, self.target_size),
+                SampleKeys.CASE: s[SampleKeys.CASE],
+                SampleKeys.SLICE: -1 if s.get(SampleKeys.SLICE) is None else int(s[SampleKeys.SLICE]),
+                SampleKeys.VIEW: v,
             }
             for e, (s, v, _, lab) in zip(emb, pairs, strict=True)
         ]
