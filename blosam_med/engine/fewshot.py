@@ -37,6 +37,8 @@ __all__ = [
     "draw_shot_samples",
     "label_target",
     "augmentation",
+    "augmented_views",
+    "hash_case",
     "DrawMismatchError",
 ]
 
@@ -58,7 +60,12 @@ def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augmentation() -> Compose:
-    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes."""
+    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes.
+
+    The bundle's train.yaml declares the same chain as ``view_augmentation`` (tests/engine/test_fewshot.py checks
+    that both give identical views); this builder serves callers outside the bundle (the U-Net baseline) and
+    :class:`FewShotData` when it is given no chain.
+    """
     return Compose(
         [
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
@@ -77,14 +84,18 @@ def augmentation() -> Compose:
     )
 
 
-def _views(sample: dict, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """View 0 is the sample itself; views 1..K are seeded augmentations.
+def augmented_views(sample: Sample, views: int, aug: Compose) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """View 0 is the sample itself; views 1..K are ``aug`` (a dictionary transform chain on ``image`` and
+    ``label``), reseeded per view.
 
-    View ``k`` of an image depends on ``(k, case, slice)`` only, not on the draw's seed nor on the other shots, so
-    its embedding is encoded once and reused by every draw (and every run) that picks the image.
+    View ``k`` of an image depends on ``(k, case, slice)`` and the chain only, not on the draw's seed nor on the other
+    shots, so its embedding is encoded once and reused by every draw (and every run) that picks the image. The
+    embedding cache keys a view by its pixels, so another chain encodes new entries instead of reusing stale ones.
+
+    Returns:
+        per view the image, float32 (C, H, W) in [0, 1], and the mask, uint8 (1, H, W) 0/1.
     """
     out = [(torch.as_tensor(sample[SampleKeys.IMAGE]).float(), torch.as_tensor(sample[SampleKeys.LABEL]))]
-    aug = augmentation()
     for k in range(1, views + 1):
         aug.set_random_state(seed=int(np.random.SeedSequence([k, hash_case(sample)]).generate_state(1)[0]))
         d = aug({SampleKeys.IMAGE: out[0][0].clone(), SampleKeys.LABEL: out[0][1].float()})
@@ -189,6 +200,8 @@ class FewShotData:
         shots: number of shots (images, or slices / volumes for 3D tasks as ``task.shot_unit`` says).
         seed: seed of the draw, the split and the augmentations.
         views: augmented views per shot besides the original (0 = none).
+        view_augmentation: the dictionary transform chain (on ``image`` and ``label``) that makes the views, as the
+            bundle's ``view_augmentation`` declares it; ``None``: :func:`augmentation`.
         fraction_a: share of the shots in subset A.
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
         roles: ``fixed`` or ``alternate`` (see :data:`blosam_med.engine.variants.ROLES`); bi-level only.
@@ -207,10 +220,12 @@ class FewShotData:
         fraction_a: float,
         bilevel: bool,
         roles: str,
+        view_augmentation: Compose | None = None,
         base_dir: str | Path | None = None,
     ) -> None:
         check_name("roles", roles)
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
+        self.view_augmentation = view_augmentation if view_augmentation is not None else augmentation()
         self.roles = roles if bilevel else "fixed"
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
         shot_samples = draw_shot_samples(items, task, shots, seed, base_dir)
@@ -229,7 +244,11 @@ class FewShotData:
         )
 
     def _cached(self, samples: list[Sample], name: str) -> list[Sample]:
-        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views))]
+        pairs = [
+            (s, v, img, lab)
+            for s in samples
+            for v, (img, lab) in enumerate(augmented_views(s, self.views, self.view_augmentation))
+        ]
         if not pairs:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
