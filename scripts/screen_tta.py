@@ -43,6 +43,11 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--out", help="write the per-adapter scores to this JSON file")
+    parser.add_argument(
+        "--flip-engine",
+        default="torch",
+        help="engine for the flipped images (their own cache entries): auto, torch, ..",
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     config = load_study(args.config)
@@ -63,14 +68,21 @@ def main() -> None:
             pools[task] = eval_samples(config, task, load_task(config.tasks[task]["preset"]))
         pool = pools[task]
         models, _, post = load_adapters([path])
-        predictor = Predictor(models, EmbeddingCache(models[0].backbone, args.cache_dir), batch_size=4, postprocess=post)
+        predictor = Predictor(
+            models, EmbeddingCache(models[0].backbone, args.cache_dir), batch_size=4, postprocess=post
+        )
+        flipper = Predictor(
+            models, EmbeddingCache(models[0].backbone, args.cache_dir, engine=args.flip_engine), batch_size=4
+        )
         images = [s["image"] for s in pool]
         refs = [s["label"][0].numpy() > 0 for s in pool]
         needed = sorted({f for c in args.candidates for f in CANDIDATES[c]})
         probs = {}
         for dims in needed:
             flipped = [torch.flip(im, dims) if dims else im for im in images]
-            logits = predictor.logits(flipped, progress=True, desc=f"{path.parent.parent.name} flip {dims}")
+            logits = (flipper if dims else predictor).logits(
+                flipped, progress=True, desc=f"{path.parent.parent.name} flip {dims}"
+            )
             probs[dims] = [torch.sigmoid(torch.flip(lg, dims) if dims else lg) for lg in logits]
         scores = {}
         for name in args.candidates:

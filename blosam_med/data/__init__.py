@@ -21,6 +21,7 @@ from blosam_med.data.dicom import (
     series_non_images,
 )
 from blosam_med.data.files import IMAGE_EXT, NIFTI_EXT, RASTER_EXT, case_id
+from blosam_med.data.keys import CaseKeys, PairKeys, Sample, SampleKeys, SourceKeys
 from blosam_med.data.loading import binarise, image_kind, load_pair, load_samples, mask_values, read_image
 from blosam_med.data.sampling import describe_draw, sample_shots, split_ab
 from blosam_med.data.slices import slice_spacing, slice_view, slices_to_volume, volume_to_slices
@@ -30,6 +31,11 @@ from blosam_med.data.windowing import WINDOW_NAMES, WINDOW_PRESETS, WindowIntens
 __all__ = [
     "AXES",
     "FLIPS",
+    "CaseKeys",
+    "PairKeys",
+    "Sample",
+    "SampleKeys",
+    "SourceKeys",
     "DatalistError",
     "IMAGE_EXT",
     "NIFTI_EXT",

@@ -33,6 +33,7 @@ from blosam_med.data.dicom import (
     itk_series_id,
 )
 from blosam_med.data.files import DICOM_EXT, NIFTI_EXT, RASTER_EXT, case_id
+from blosam_med.data.keys import PairKeys, Sample, SampleKeys
 from blosam_med.data.slices import volume_to_slices
 from blosam_med.data.tasks import TaskConfig
 from blosam_med.data.windowing import WindowIntensity
@@ -302,9 +303,9 @@ def load_pair(
         raise ValueError(f"{image_path}: {err}") from err
     pixels = _to_channels(torch.as_tensor(windowed), task, image_path).float()
     out: dict[str, Any] = {
-        "image": MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
-        "image_path": str(image_path),
-        "kind": kind,
+        PairKeys.IMAGE: MetaTensor(pixels, affine=image.affine, meta=_meta(image)),
+        PairKeys.IMAGE_PATH: str(image_path),
+        PairKeys.KIND: kind,
     }
     if label_path is not None:
         label_path = Path(label_path)
@@ -319,8 +320,8 @@ def load_pair(
             _check_binary(lab, label_path, task)
         if kind == "volume" and not np.allclose(np.asarray(label.affine), np.asarray(image.affine), atol=1e-2):
             logger.warning("%s: affine differs from image %s; using the image's geometry", label_path, image_path)
-        out["label"] = MetaTensor(binarise(lab, task.foreground_values), affine=image.affine, meta=_meta(label))
-        out["label_path"] = str(label_path)
+        out[PairKeys.LABEL] = MetaTensor(binarise(lab, task.foreground_values), affine=image.affine, meta=_meta(label))
+        out[PairKeys.LABEL_PATH] = str(label_path)
     return out
 
 
@@ -329,9 +330,9 @@ def _meta(img: MetaTensor) -> dict[str, Any]:
     return {k: v for k, v in img.meta.items() if k != "affine"}
 
 
-def _frames(pair: dict[str, Any], every_n: int, foreground_only: bool, case: str) -> list[dict[str, Any]]:
+def _frames(pair: dict[str, Any], every_n: int, foreground_only: bool, case: str) -> list[Sample]:
     """2D samples of a multi-frame file in frame order (no reorientation)."""
-    image, label = pair["image"], pair.get("label")
+    image, label = pair[PairKeys.IMAGE], pair.get(PairKeys.LABEL)
     meta = image.meta
     spacing = meta.get("dicom_spacing")
     out = []
@@ -340,16 +341,16 @@ def _frames(pair: dict[str, Any], every_n: int, foreground_only: bool, case: str
         if foreground_only and lab is not None and not lab.any():
             continue
         s = {
-            "image": image.as_tensor()[..., f].transpose(-1, -2).float().contiguous(),
-            "spacing": tuple(spacing or (1.0, 1.0)),
-            "spacing_known": spacing is not None,
-            "case": case,
-            "slice": f,
-            "image_path": pair["image_path"],
-            "photometric": meta.get("photometric"),
+            SampleKeys.IMAGE: image.as_tensor()[..., f].transpose(-1, -2).float().contiguous(),
+            SampleKeys.SPACING: tuple(spacing or (1.0, 1.0)),
+            SampleKeys.SPACING_KNOWN: spacing is not None,
+            SampleKeys.CASE: case,
+            SampleKeys.SLICE: f,
+            SampleKeys.IMAGE_PATH: pair[PairKeys.IMAGE_PATH],
+            SampleKeys.PHOTOMETRIC: meta.get("photometric"),
         }
         if lab is not None:
-            s["label"] = lab
+            s[SampleKeys.LABEL] = lab
         out.append(s)
     return out
 
@@ -363,7 +364,7 @@ def load_samples(
     every_n: int | None = None,
     axis: str | None = None,
     check_labels: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Sample]:
     """2D samples for datalist entries ``{"image": path, "label": path}`` (``label`` optional).
 
     Args:
@@ -378,7 +379,7 @@ def load_samples(
         check_labels: see :func:`load_pair` (training sets it).
 
     Returns:
-        one dict per 2D sample: ``image`` float32 (C, H, W) in [0, 1]; ``label`` uint8 (1, H, W) 0/1 (when labelled);
+        one dict per 2D sample (keys: :class:`blosam_med.data.keys.SampleKeys`): ``image`` float32 (C, H, W) in [0, 1]; ``label`` uint8 (1, H, W) 0/1 (when labelled);
         ``spacing`` (row, col) mm; ``spacing_known`` (False for PNG/JPEG/... and DICOM without pixel spacing, where
         spacing is (1.0, 1.0)); ``case``; ``slice`` (index along the axis, ``None`` for 2D images); ``image_path``;
         for volume slices ``source`` (see :func:`volume_to_slices`).
@@ -386,7 +387,7 @@ def load_samples(
     base = Path(base_dir) if base_dir is not None else None
     fg = task.foreground_only if foreground_only is None else bool(foreground_only)
     step = int(task.every_n if every_n is None else every_n)
-    out: list[dict[str, Any]] = []
+    out: list[Sample] = []
     for item in items:
         if "image" not in item:
             raise ValueError(f"datalist entry {item} has no 'image'")
@@ -394,26 +395,26 @@ def load_samples(
         label_path = None if item.get("label") is None else _resolve(item["label"], base)
         pair = load_pair(image_path, label_path, task=task, check_labels=check_labels)
         case = item.get("case") or case_id(image_path)
-        if pair["kind"] == "volume":
+        if pair[PairKeys.KIND] == "volume":
             slices = volume_to_slices(pair, axis or task.axis, fg and label_path is not None, step, case)
             if item.get("slices") is not None:  # a slab of the volume: [start, stop) along the slicing axis
                 start, stop = (int(v) for v in item["slices"])
-                slices = [s for s in slices if start <= s["slice"] < stop]
+                slices = [s for s in slices if start <= s[SampleKeys.SLICE] < stop]
             out.extend(slices)
-        elif pair["kind"] == "frames":
+        elif pair[PairKeys.KIND] == "frames":
             out.extend(_frames(pair, step, fg, case))
         else:
-            meta = pair["image"].meta
+            meta = pair[PairKeys.IMAGE].meta
             sample = {
-                "image": pair["image"].as_tensor().float().contiguous(),
-                "case": case,
-                "slice": None,
-                "spacing": tuple(meta["spacing"]),
-                "spacing_known": bool(meta["spacing_known"]),
-                "image_path": str(image_path),
+                SampleKeys.IMAGE: pair[PairKeys.IMAGE].as_tensor().float().contiguous(),
+                SampleKeys.CASE: case,
+                SampleKeys.SLICE: None,
+                SampleKeys.SPACING: tuple(meta["spacing"]),
+                SampleKeys.SPACING_KNOWN: bool(meta["spacing_known"]),
+                SampleKeys.IMAGE_PATH: str(image_path),
             }
-            if "label" in pair:
-                sample["label"] = pair["label"].as_tensor().to(torch.uint8).contiguous()
+            if PairKeys.LABEL in pair:
+                sample[SampleKeys.LABEL] = pair[PairKeys.LABEL].as_tensor().to(torch.uint8).contiguous()
             out.append(sample)
     return out
 

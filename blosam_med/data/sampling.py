@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from blosam_med.data.keys import SampleKeys
+
 __all__ = ["sample_shots", "split_ab", "describe_draw"]
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ def _groups(items: Sequence[dict], group_key: str) -> dict[Any, list[int]]:
     return groups
 
 
-def sample_shots(pool: Sequence[dict], k: int, seed: int, group_key: str = "case") -> list[dict]:
+def sample_shots(pool: Sequence[dict], k: int, seed: int, group_key: str = SampleKeys.CASE) -> list[dict]:
     """Draw ``k`` shots from ``pool`` without replacement; the same ``seed`` and pool give the same shots.
 
     Groups (items sharing ``group_key``) are visited in a seeded order, one item per group per round, so k slices
@@ -59,7 +61,7 @@ def sample_shots(pool: Sequence[dict], k: int, seed: int, group_key: str = "case
 
 
 def split_ab(
-    shots: Sequence[dict], seed: int, fraction_a: float = 0.5, group_key: str = "case"
+    shots: Sequence[dict], seed: int, fraction_a: float = 0.5, group_key: str = SampleKeys.CASE
 ) -> tuple[list[dict], list[dict]]:
     """Split shots into disjoint, non-empty subsets A (lower level: LoRA) and B (upper level: prompt).
 
@@ -98,10 +100,11 @@ def split_ab(
 
 
 def _entry(s: dict) -> dict[str, Any]:
+    image = s.get(SampleKeys.IMAGE)  # a datalist entry's image path, or a loaded sample's pixels
     return {
-        "case": s.get("case"),
-        "slice": None if s.get("slice") is None else int(s["slice"]),
-        "image_path": str(s.get("image_path") or (s["image"] if isinstance(s.get("image"), str) else "")),
+        SampleKeys.CASE: s.get(SampleKeys.CASE),
+        SampleKeys.SLICE: None if s.get(SampleKeys.SLICE) is None else int(s[SampleKeys.SLICE]),
+        SampleKeys.IMAGE_PATH: str(s.get(SampleKeys.IMAGE_PATH) or (image if isinstance(image, str) else "")),
     }
 
 

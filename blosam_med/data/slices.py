@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from blosam_med.data.files import case_id
+from blosam_med.data.keys import PairKeys, Sample, SampleKeys, SourceKeys
 from blosam_med.data.tasks import AXES
 
 __all__ = ["slice_view", "slice_spacing", "slices_to_volume", "volume_to_slices", "axis_index"]
@@ -67,8 +68,8 @@ def slices_to_volume(
     """
     if len(slices) != len(indices) or not slices:
         raise ValueError(f"need one index per slice and at least one slice, got {len(slices)} and {len(indices)}")
-    a = axis_index(int(source["axis"]))
-    shape = tuple(int(s) for s in source["shape"])
+    a = axis_index(int(source[SourceKeys.AXIS]))
+    shape = tuple(int(s) for s in source[SourceKeys.SHAPE])
     first = torch.as_tensor(slices[0])
     out = torch.full((first.shape[0], *shape), fill, dtype=first.dtype)
     for s, i in zip(slices, indices, strict=True):
@@ -83,7 +84,7 @@ def volume_to_slices(
     foreground_only: bool = False,
     every_n: int = 1,
     case: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Sample]:
     """2D samples from a loaded volume pair (see :func:`blosam_med.data.load_pair`).
 
     Args:
@@ -95,27 +96,29 @@ def volume_to_slices(
         case: case name (default: the image file or folder name).
 
     Returns:
-        one dict per slice: ``image`` float32 (C, H, W), ``label`` uint8 (1, H, W) (when labelled), ``spacing``
+        one dict per slice (keys: :class:`blosam_med.data.keys.SampleKeys`, ``source``: :class:`SourceKeys`): ``image`` float32 (C, H, W), ``label`` uint8 (1, H, W) (when labelled), ``spacing``
         (row, col) mm, ``spacing_known`` True, ``case``, ``slice`` (index along the axis), ``image_path``, and
         ``source``: ``shape`` (X, Y, Z), ``affine`` (4x4 numpy, RAS grid), ``original_affine`` (as read), ``axis``
         (int), ``axis_name``.
     """
-    image, label = pair["image"], pair.get("label")
+    image, label = pair[PairKeys.IMAGE], pair.get(PairKeys.LABEL)
     if image.ndim != 4:
-        raise ValueError(f"{pair.get('image_path')}: expected a (C, X, Y, Z) volume, got shape {tuple(image.shape)}")
+        raise ValueError(
+            f"{pair.get(PairKeys.IMAGE_PATH)}: expected a (C, X, Y, Z) volume, got shape {tuple(image.shape)}"
+        )
     if every_n < 1:
         raise ValueError(f"every_n must be >= 1, got {every_n}")
     a = axis_index(axis)
     if foreground_only and label is None:
-        raise ValueError(f"{pair.get('image_path')}: foreground_only needs a label")
+        raise ValueError(f"{pair.get(PairKeys.IMAGE_PATH)}: foreground_only needs a label")
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=float)
     meta = getattr(image, "meta", {})
     source = {
-        "shape": tuple(int(s) for s in image.shape[1:]),
-        "affine": affine,
-        "axis": a,
-        "axis_name": next(k for k, v in AXES.items() if v == a),
-        "original_affine": np.asarray(meta.get("original_affine", affine), dtype=float),
+        SourceKeys.SHAPE: tuple(int(s) for s in image.shape[1:]),
+        SourceKeys.AFFINE: affine,
+        SourceKeys.AXIS: a,
+        SourceKeys.AXIS_NAME: next(k for k, v in AXES.items() if v == a),
+        SourceKeys.ORIGINAL_AFFINE: np.asarray(meta.get("original_affine", affine), dtype=float),
     }
     spacing = slice_spacing(affine, a)
     img_t, lab_t = _plain(image), None if label is None else _plain(label)
@@ -123,19 +126,19 @@ def volume_to_slices(
     if foreground_only and lab_t is not None:
         other = tuple(d for d in range(4) if d != a + 1)
         candidates = torch.nonzero(lab_t.amax(dim=other) > 0).flatten().tolist()
-    case = case or case_id(pair.get("image_path", "volume"))
+    case = case or case_id(pair.get(PairKeys.IMAGE_PATH, "volume"))
     out = []
     for i in candidates[::every_n]:
         sample = {
-            "image": slice_view(img_t, a, i).float().contiguous(),
-            "spacing": spacing,
-            "spacing_known": True,
-            "case": case,
-            "slice": int(i),
-            "image_path": str(pair.get("image_path", "")),
-            "source": source,
+            SampleKeys.IMAGE: slice_view(img_t, a, i).float().contiguous(),
+            SampleKeys.SPACING: spacing,
+            SampleKeys.SPACING_KNOWN: True,
+            SampleKeys.CASE: case,
+            SampleKeys.SLICE: int(i),
+            SampleKeys.IMAGE_PATH: str(pair.get(PairKeys.IMAGE_PATH, "")),
+            SampleKeys.SOURCE: source,
         }
         if lab_t is not None:
-            sample["label"] = slice_view(lab_t, a, i).to(torch.uint8).contiguous()
+            sample[SampleKeys.LABEL] = slice_view(lab_t, a, i).to(torch.uint8).contiguous()
         out.append(sample)
     return out

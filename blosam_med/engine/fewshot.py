@@ -24,6 +24,7 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Sampler
 
 from blosam_med.data import TaskConfig, case_id, describe_draw, load_samples, sample_shots, split_ab
+from blosam_med.data.keys import Sample, SampleKeys
 from blosam_med.io import write_json
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import resized_shape
@@ -36,6 +37,8 @@ __all__ = [
     "draw_shot_samples",
     "label_target",
     "augmentation",
+    "augmented_views",
+    "hash_case",
     "DrawMismatchError",
 ]
 
@@ -57,7 +60,12 @@ def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augmentation() -> Compose:
-    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes."""
+    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes.
+
+    The bundle's train.yaml declares the same chain as ``view_augmentation`` (tests/engine/test_fewshot.py checks
+    that both give identical views); this builder serves callers outside the bundle (the U-Net baseline) and
+    :class:`FewShotData` when it is given no chain.
+    """
     return Compose(
         [
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
@@ -76,26 +84,29 @@ def augmentation() -> Compose:
     )
 
 
-def _views(sample: dict, views: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """View 0 is the sample itself; views 1..K are seeded augmentations.
+def augmented_views(sample: Sample, views: int, aug: Compose) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """View 0 is the sample itself; views 1..K are ``aug`` (a dictionary transform chain on ``image`` and
+    ``label``), reseeded per view.
 
-    View ``k`` of an image depends on ``(k, case, slice)`` only, not on the draw's seed nor on the other shots, so
-    its embedding is encoded once and reused by every draw (and every run) that picks the image.
+    View ``k`` of an image depends on ``(k, case, slice)`` and the chain only, not on the draw's seed nor on the other
+    shots, so its embedding is encoded once and reused by every draw (and every run) that picks the image. The
+    embedding cache keys a view by its pixels, so another chain encodes new entries instead of reusing stale ones.
+
+    Returns:
+        per view the image, float32 (C, H, W) in [0, 1], and the mask, uint8 (1, H, W) 0/1.
     """
-    out = [(torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]))]
-    aug = augmentation()
+    out = [(torch.as_tensor(sample[SampleKeys.IMAGE]).float(), torch.as_tensor(sample[SampleKeys.LABEL]))]
     for k in range(1, views + 1):
         aug.set_random_state(seed=int(np.random.SeedSequence([k, hash_case(sample)]).generate_state(1)[0]))
-        d = aug({"image": out[0][0].clone(), "label": out[0][1].float()})
-        out.append(
-            (torch.as_tensor(d["image"]).clamp(0, 1).float(), (torch.as_tensor(d["label"]) > 0.5).to(torch.uint8))
-        )
+        d = aug({SampleKeys.IMAGE: out[0][0].clone(), SampleKeys.LABEL: out[0][1].float()})
+        image, label = torch.as_tensor(d[SampleKeys.IMAGE]), torch.as_tensor(d[SampleKeys.LABEL])
+        out.append((image.clamp(0, 1).float(), (label > 0.5).to(torch.uint8)))
     return out
 
 
 def hash_case(sample: dict) -> int:
     """A stable integer for a sample (case and slice), independent of Python's hash seed."""
-    key = f"{sample.get('case')}:{sample.get('slice')}".encode()
+    key = f"{sample.get(SampleKeys.CASE)}:{sample.get(SampleKeys.SLICE)}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
 
 
@@ -150,7 +161,7 @@ class AlternatingSampler(EpochSampler):
 
 def draw_shot_samples(
     items: Sequence[dict], task: TaskConfig, shots: int, seed: int, base_dir: str | Path | None = None
-) -> list[dict[str, Any]]:
+) -> list[Sample]:
     """The ``shots`` 2D training samples of a seeded draw (images, or annotated slices of volumes).
 
     Every method of a study that uses this draw (BLO-SAM, single-level, a U-Net) trains on the same samples.
@@ -159,20 +170,24 @@ def draw_shot_samples(
         ValueError: a drawn shot has no labelled structure, or its mask has several labels for a one-label task
             (the message names the files).
     """
-    pool = [dict(it, case=it.get("case") or case_id(it["image"])) for it in items]
+    pool = [{**it, SampleKeys.CASE: it.get(SampleKeys.CASE) or case_id(it[SampleKeys.IMAGE])} for it in items]
     if task.spatial_dims == 3 and task.shot_unit == "slice":
         slices = load_samples(pool, task, base_dir=base_dir, foreground_only=True, check_labels=True)
         shot_samples = sample_shots(slices, shots, seed)
     else:
         chosen = sample_shots(pool, shots, seed)
         shot_samples = load_samples(chosen, task, base_dir=base_dir, check_labels=True)
-    empty = [s["image_path"] for s in shot_samples if "label" not in s or not s["label"].any()]
+    empty = [s[SampleKeys.IMAGE_PATH] for s in shot_samples if not _labelled(s)]
     if empty:
         raise ValueError(
             f"{', '.join(empty[:5])}: training shot(s) without a labelled structure (empty or missing "
             "mask); label the structure or remove the image from the training split"
         )
     return shot_samples
+
+
+def _labelled(sample: Sample) -> bool:
+    return SampleKeys.LABEL in sample and bool(sample[SampleKeys.LABEL].any())
 
 
 class FewShotData:
@@ -185,6 +200,8 @@ class FewShotData:
         shots: number of shots (images, or slices / volumes for 3D tasks as ``task.shot_unit`` says).
         seed: seed of the draw, the split and the augmentations.
         views: augmented views per shot besides the original (0 = none).
+        view_augmentation: the dictionary transform chain (on ``image`` and ``label``) that makes the views, as the
+            bundle's ``view_augmentation`` declares it; ``None``: :func:`augmentation`.
         fraction_a: share of the shots in subset A.
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
         roles: ``fixed`` or ``alternate`` (see :data:`blosam_med.engine.variants.ROLES`); bi-level only.
@@ -203,10 +220,12 @@ class FewShotData:
         fraction_a: float,
         bilevel: bool,
         roles: str,
+        view_augmentation: Compose | None = None,
         base_dir: str | Path | None = None,
     ) -> None:
         check_name("roles", roles)
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
+        self.view_augmentation = view_augmentation if view_augmentation is not None else augmentation()
         self.roles = roles if bilevel else "fixed"
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
         shot_samples = draw_shot_samples(items, task, shots, seed, base_dir)
@@ -221,21 +240,25 @@ class FewShotData:
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
         self.validation = Dataset(
-            [d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d["view"] == 0]
+            [d for d in (self.subset_b.data if bilevel else self.subset_a.data) if d[SampleKeys.VIEW] == 0]
         )
 
-    def _cached(self, samples: list[dict], name: str) -> list[dict[str, Any]]:
-        pairs = [(s, v, img, lab) for s in samples for v, (img, lab) in enumerate(_views(s, self.views))]
+    def _cached(self, samples: list[Sample], name: str) -> list[Sample]:
+        pairs = [
+            (s, v, img, lab)
+            for s in samples
+            for v, (img, lab) in enumerate(augmented_views(s, self.views, self.view_augmentation))
+        ]
         if not pairs:
             return []
         emb = self.cache.embed([img for _, _, img, _ in pairs], desc=f"encoding subset {name}")
         return [
             {
-                "image": e,
-                "label": label_target(lab, self.target_size),
-                "case": s["case"],
-                "slice": -1 if s.get("slice") is None else int(s["slice"]),
-                "view": v,
+                SampleKeys.IMAGE: e,
+                SampleKeys.LABEL: label_target(lab, self.target_size),
+                SampleKeys.CASE: s[SampleKeys.CASE],
+                SampleKeys.SLICE: -1 if s.get(SampleKeys.SLICE) is None else int(s[SampleKeys.SLICE]),
+                SampleKeys.VIEW: v,
             }
             for e, (s, v, _, lab) in zip(emb, pairs, strict=True)
         ]

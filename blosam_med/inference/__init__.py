@@ -16,6 +16,7 @@ from blosam_med.inference.infer import (
 from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.inference.writers import (
+    AtomicNiftiWriter,
     to_source_grid,
     write_dicom_seg,
     write_montage,
@@ -37,6 +38,7 @@ __all__ = [
     "load_adapters",
     "predict_case",
     "run_inference",
+    "AtomicNiftiWriter",
     "to_source_grid",
     "write_case",
     "write_dicom_seg",

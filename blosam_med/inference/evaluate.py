@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
+from blosam_med.data.keys import CaseKeys, Sample, SampleKeys, SourceKeys
 from blosam_med.inference.predictor import Predictor, default_batch_size, preset_options
 from blosam_med.io import write_json
 from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
@@ -24,59 +25,56 @@ __all__ = ["evaluate_adapter", "score_predictions", "group_volumes"]
 logger = logging.getLogger(__name__)
 
 
-def group_volumes(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[str, Any]]:
+def group_volumes(samples: list[Sample], masks: list[torch.Tensor]) -> list[dict[str, Any]]:
     """One entry per case: 2D samples as they are, slices of a volume put back on its voxel grid.
 
     Returns:
-        dicts with ``case``, ``pred`` and ``label`` (uint8 numpy, (H, W) or (X, Y, Z)) and ``spacing`` (mm per axis).
+        dicts (keys: :class:`blosam_med.data.keys.CaseKeys`) with ``case``, ``pred`` and ``label`` (uint8 numpy, (H, W) or (X, Y, Z)) and ``spacing`` (mm per axis).
     """
     cases: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
-        cases[s["case"]].append(i)
+        cases[s[SampleKeys.CASE]].append(i)
     out = []
     for case, idx in cases.items():
         first = samples[idx[0]]
-        if first.get("source") is None:
+        if first.get(SampleKeys.SOURCE) is None:
             for i in idx:  # 2D images (or frames without geometry): one case each
                 s = samples[i]
-                name = case if len(idx) == 1 else f"{case}#{s.get('slice')}"
-                out.append(
-                    {
-                        "case": name,
-                        "pred": masks[i][0].numpy(),
-                        "label": s["label"][0].numpy(),
-                        "spacing": tuple(float(v) for v in s["spacing"]),
-                    }
-                )
+                name = case if len(idx) == 1 else f"{case}#{s.get(SampleKeys.SLICE)}"
+                out.append(_scored(name, masks[i], s))
             continue
-        source = first["source"]
-        slices = [samples[i]["slice"] for i in idx]
+        source = first[SampleKeys.SOURCE]
+        slices = [samples[i][SampleKeys.SLICE] for i in idx]
         pred = slices_to_volume([masks[i][:1] for i in idx], slices, source)[0].numpy()
-        label = slices_to_volume([samples[i]["label"] for i in idx], slices, source)[0].numpy()
-        spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(source["affine"], dtype=float)[:3, :3], axis=0))
-        axis = int(source["axis"])
-        if len(idx) != int(source["shape"][axis]):
-            logger.warning(
-                "%s: %d of %d slices evaluated; the others count as empty", case, len(idx), source["shape"][axis]
-            )
-        out.append({"case": case, "pred": pred, "label": label, "spacing": spacing})
+        label = slices_to_volume([samples[i][SampleKeys.LABEL] for i in idx], slices, source)[0].numpy()
+        affine = np.asarray(source[SourceKeys.AFFINE], dtype=float)
+        spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+        depth = int(source[SourceKeys.SHAPE][int(source[SourceKeys.AXIS])])
+        if len(idx) != depth:
+            logger.warning("%s: %d of %d slices evaluated; the others count as empty", case, len(idx), depth)
+        out.append({CaseKeys.CASE: case, CaseKeys.PRED: pred, CaseKeys.LABEL: label, CaseKeys.SPACING: spacing})
     return out
 
 
-def _per_sample(samples: list[dict], masks: list[torch.Tensor]) -> list[dict[str, Any]]:
+def _scored(name: str, mask: torch.Tensor, sample: Sample) -> dict[str, Any]:
+    """One 2D sample as a scored case: its (1, H, W) mask against its label at its pixel spacing."""
+    return {
+        CaseKeys.CASE: name,
+        CaseKeys.PRED: mask[0].numpy(),
+        CaseKeys.LABEL: sample[SampleKeys.LABEL][0].numpy(),
+        CaseKeys.SPACING: tuple(float(v) for v in sample[SampleKeys.SPACING]),
+    }
+
+
+def _per_sample(samples: list[Sample], masks: list[torch.Tensor]) -> list[dict[str, Any]]:
     return [
-        {
-            "case": f"{Path(s['image_path']).name}#{s.get('slice')}",
-            "pred": m[0].numpy(),
-            "label": s["label"][0].numpy(),
-            "spacing": tuple(float(v) for v in s["spacing"]),
-        }
+        _scored(f"{Path(s[SampleKeys.IMAGE_PATH]).name}#{s.get(SampleKeys.SLICE)}", m, s)
         for s, m in zip(samples, masks, strict=True)
     ]
 
 
 def score_predictions(
-    samples: list[dict],
+    samples: list[Sample],
     masks: list[torch.Tensor],
     *,
     per_sample: bool = False,
@@ -96,10 +94,10 @@ def score_predictions(
     """
     cases = _per_sample(samples, masks) if per_sample else group_volumes(samples, masks)
     return evaluate_cases(
-        [c["pred"] for c in cases],
-        [c["label"] for c in cases],
-        [c["spacing"] for c in cases],
-        [c["case"] for c in cases],
+        [c[CaseKeys.PRED] for c in cases],
+        [c[CaseKeys.LABEL] for c in cases],
+        [c[CaseKeys.SPACING] for c in cases],
+        [c[CaseKeys.CASE] for c in cases],
         nsd_tolerance_mm=nsd_tolerance_mm,
     )
 
@@ -157,7 +155,7 @@ def evaluate_adapter(
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
     predictor = Predictor([model], cache, device=device, batch_size=batch_size, **preset_options([task]))
-    masks = predictor.masks([s["image"] for s in samples])
+    masks = predictor.masks([s[SampleKeys.IMAGE] for s in samples])
     result = {
         "adapter": str(adapter),
         "split": split,

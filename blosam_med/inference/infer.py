@@ -26,6 +26,7 @@ from blosam_med.data import (
     slices_to_volume,
 )
 from blosam_med.data.files import NIFTI_EXT
+from blosam_med.data.keys import SampleKeys, SourceKeys
 from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.inference.writers import (
     to_source_grid,
@@ -229,21 +230,21 @@ def predict_case(
     samples = load_samples([entry], task, foreground_only=False, every_n=1, axis=axis)
     if not samples:
         raise ValueError(f"{entry['image']}: nothing to predict")
-    images = [s["image"] for s in samples]
-    logits = predictor.logits(images, progress=progress, desc=samples[0]["case"])
+    images = [s[SampleKeys.IMAGE] for s in samples]
+    logits = predictor.logits(images, progress=progress, desc=samples[0][SampleKeys.CASE])
     first = samples[0]
-    kind = "volume" if first.get("source") is not None else "2d"
+    kind = "volume" if first.get(SampleKeys.SOURCE) is not None else "2d"
     if kind == "2d" and len(samples) > 1:
         raise ValueError(f"{entry['image']}: {len(samples)} frames in a 2D task; use a volume task or split the frames")
     return CasePrediction(
-        case=entry.get("case") or first["case"],
+        case=entry.get("case") or first[SampleKeys.CASE],
         image_path=str(entry["image"]),
         kind=kind,
         images=images,
         logits=logits,
-        slices=[s["slice"] for s in samples],
-        source=first.get("source"),
-        spacing=tuple(first["spacing"]),
+        slices=[s[SampleKeys.SLICE] for s in samples],
+        source=first.get(SampleKeys.SOURCE),
+        spacing=tuple(first[SampleKeys.SPACING]),
         postprocess=predictor.postprocess,
     )
 
@@ -301,7 +302,7 @@ def write_case(
             write_dicom_seg(_split(labels_map, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)
     else:
         indices, src = pred.geometry()
-        volume, affine = to_source_grid(labels_map, src["affine"], src["original_affine"])
+        volume, affine = to_source_grid(labels_map, src[SourceKeys.AFFINE], src[SourceKeys.ORIGINAL_AFFINE])
         if "nifti" in names:
             write_nifti(volume, affine, names["nifti"], overwrite)
         if "overlay" in names:
@@ -315,7 +316,7 @@ def write_case(
             )
         if "probabilities" in names:
             probs = pred.probabilities().transpose(1, 2, 3, 0)  # (X, Y, Z, n)
-            prob_src, _ = to_source_grid(probs, src["affine"], src["original_affine"])
+            prob_src, _ = to_source_grid(probs, src[SourceKeys.AFFINE], src[SourceKeys.ORIGINAL_AFFINE])
             write_nifti(prob_src.astype(np.float32), affine, names["probabilities"], overwrite)
         if "dicom-seg" in names:
             write_dicom_seg(_split(volume, len(labels)), pred.image_path, names["dicom-seg"], labels, overwrite)

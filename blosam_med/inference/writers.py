@@ -1,14 +1,21 @@
-"""Writers for predictions: NIfTI on the source grid, PNG masks and overlays, DICOM-SEG referencing the source."""
+"""Writers for predictions: NIfTI on the source grid, PNG masks and overlays, DICOM-SEG referencing the source.
+
+NIfTI files go through :class:`AtomicNiftiWriter`, a MONAI ``NibabelWriter`` (usable wherever MONAI takes an image
+writer, e.g. ``SaveImage(writer=AtomicNiftiWriter)``) that writes atomically and never overwrites silently.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.data import NibabelWriter
+from monai.data.utils import to_affine_nd
 from PIL import Image
 from scipy import ndimage
 
@@ -18,6 +25,7 @@ from blosam_med.io import atomic_write
 
 __all__ = [
     "to_source_grid",
+    "AtomicNiftiWriter",
     "write_nifti",
     "write_png_mask",
     "write_overlay",
@@ -52,12 +60,73 @@ def to_source_grid(
     return np.ascontiguousarray(out), np.asarray(original_affine, dtype=float)
 
 
+class AtomicNiftiWriter(NibabelWriter):
+    """MONAI's ``NibabelWriter`` for arrays already on their output grid, written atomically.
+
+    The array is written as given (``(X, Y, Z)``, ``(H, W, 1)``, or with a trailing channel axis): no channel moves,
+    squeezing or resampling, so the file's shape is the array's. The affine is both qform and sform (code 1, as
+    ``NibabelWriter`` and ITK write them). The file appears whole or not at all (``atomic_write``), and an existing
+    file is refused unless ``overwrite``.
+
+    Args:
+        output_dtype: dtype on disk; ``None``: the array's.
+        overwrite: replace an existing file.
+        kwargs: passed to MONAI's ``ImageWriter`` (``SaveImage`` gives ``scale``, unused here).
+    """
+
+    def __init__(self, output_dtype: Any = None, *, overwrite: bool = False, **kwargs: Any) -> None:
+        super().__init__(output_dtype=output_dtype, **kwargs)
+        self.overwrite = overwrite
+
+    def set_data_array(
+        self, data_array: Any, channel_dim: Any = None, squeeze_end_dims: bool = False, **kwargs: Any
+    ) -> None:
+        """The array as it is (``channel_dim=None``, the default), or channel-first data made channel-last as MONAI's
+        writers do (``SaveImage`` passes ``channel_dim=0``)."""
+        if channel_dim is None:
+            self.data_obj = np.asarray(data_array)
+        else:
+            self.data_obj = np.asarray(
+                self.convert_to_channel_last(
+                    data_array, channel_dim, squeeze_end_dims, spatial_ndim=kwargs.pop("spatial_ndim", 3)
+                )
+            )
+
+    def set_metadata(self, meta_dict: Mapping | None, resample: bool = False, **options: Any) -> None:
+        """Take ``meta_dict["affine"]`` (identity when absent).
+
+        Raises:
+            ValueError: ``resample=True``: this writer writes the grid it is given.
+        """
+        if resample:
+            raise ValueError("AtomicNiftiWriter writes arrays on their own grid; resample before writing")
+        _, affine, _ = self.get_meta_info(meta_dict)
+        self.affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+        if self.output_dtype is None and self.data_obj is not None:
+            self.output_dtype = np.asarray(self.data_obj).dtype
+
+    def write(self, filename: str | Path, verbose: bool = False, **obj_kwargs: Any) -> Path:  # type: ignore[override]
+        """Write the NIfTI; returns its path.
+
+        Raises:
+            OutputExistsError: the file exists and ``overwrite`` is False.
+        """
+        img = self.create_backend_obj(self.data_obj, affine=self.affine, dtype=self.output_dtype, **obj_kwargs)
+        affine = to_affine_nd(r=3, affine=np.asarray(self.affine, dtype=float))
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        if verbose:
+            logger.info("writing: %s", filename)
+        return atomic_write(filename, lambda tmp: nib.save(img, str(tmp)), overwrite=self.overwrite)
+
+
 def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, overwrite: bool = False) -> Path:
-    """A NIfTI (``.nii.gz``) with this affine as both qform and sform, written atomically."""
-    img = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
-    img.set_qform(np.asarray(affine, dtype=float), code=1)
-    img.set_sform(np.asarray(affine, dtype=float), code=1)
-    return atomic_write(path, lambda tmp: nib.save(img, str(tmp)), overwrite=overwrite)
+    """A NIfTI (``.nii.gz``) of ``array`` as given, this affine as both qform and sform, written atomically through
+    :class:`AtomicNiftiWriter`."""
+    writer = AtomicNiftiWriter(overwrite=overwrite)
+    writer.set_data_array(array)
+    writer.set_metadata({"affine": affine})
+    return writer.write(path)
 
 
 def write_png_mask(mask: np.ndarray, path: str | Path, overwrite: bool = False) -> Path:

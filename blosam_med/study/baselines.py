@@ -13,6 +13,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from scipy import ndimage
 
+from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import augmentation, label_target
 from blosam_med.model.backbones import Backbone, Preprocessing
 from blosam_med.model.embedding_cache import EmbeddingCache
@@ -122,8 +123,8 @@ class UNetBaseline:
 
     def fit(self, samples: Sequence[dict[str, Any]]) -> list[float]:
         """Train on 2D samples (``image`` (C, H, W) in [0, 1], ``label`` (1, H, W)); returns the loss per iteration."""
-        x = torch.stack([preprocess_image(s["image"], self.prep) for s in samples])
-        y = torch.stack([label_target(torch.as_tensor(s["label"]), self.prep.input_size) for s in samples])
+        x = torch.stack([preprocess_image(s[SampleKeys.IMAGE], self.prep) for s in samples])
+        y = torch.stack([label_target(torch.as_tensor(s[SampleKeys.LABEL]), self.prep.input_size) for s in samples])
         aug = augmentation()
         aug.set_random_state(seed=self.seed)
         g = torch.Generator().manual_seed(self.seed)
@@ -135,9 +136,9 @@ class UNetBaseline:
         self.net.train()
         for _ in range(self.iterations):
             idx = torch.randint(len(samples), (bs,), generator=g).tolist()
-            views = [aug({"image": x[i].clone(), "label": y[i].clone()}) for i in idx]
-            xb = torch.stack([torch.as_tensor(v["image"]) for v in views]).float().to(self.device)
-            yb = (torch.stack([torch.as_tensor(v["label"]) for v in views]) > 0.5).float().to(self.device)
+            views = [aug({SampleKeys.IMAGE: x[i].clone(), SampleKeys.LABEL: y[i].clone()}) for i in idx]
+            xb = torch.stack([torch.as_tensor(v[SampleKeys.IMAGE]) for v in views]).float().to(self.device)
+            yb = (torch.stack([torch.as_tensor(v[SampleKeys.LABEL]) for v in views]) > 0.5).float().to(self.device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(self.net(xb), yb)
             loss.backward()

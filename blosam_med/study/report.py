@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from blosam_med.data.keys import SampleKeys
 from blosam_med.io import atomic_write, write_json
 from blosam_med.study.config import StudyConfig
 
@@ -279,9 +280,9 @@ def _plot_overlays(config: StudyConfig, ctx: Any, task: str, path: Path) -> bool
         len(idx), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * len(idx)), squeeze=False
     )
     for r, i in enumerate(idx):
-        image = samples[i]["image"].permute(1, 2, 0).numpy()
+        image = samples[i][SampleKeys.IMAGE].permute(1, 2, 0).numpy()
         image = image[..., 0] if image.shape[-1] == 1 else image
-        label = samples[i]["label"][0].numpy()
+        label = samples[i][SampleKeys.LABEL][0].numpy()
         for c, (title, masks) in enumerate([("reference", None)] + columns):
             ax = axes[r][c]
             ax.imshow(image, cmap="gray")

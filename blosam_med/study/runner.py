@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
+from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import score_predictions
 from blosam_med.inference.predictor import Predictor, preset_options
@@ -115,7 +116,7 @@ class StudyContext:
 
     def preview_indices(self, task: str) -> list[int]:
         """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
-        fg = [i for i, s in enumerate(self.test_samples[task]) if s["label"].any()]
+        fg = [i for i, s in enumerate(self.test_samples[task]) if s[SampleKeys.LABEL].any()]
         n = min(self.config.overlays, len(fg))
         return [fg[round(j)] for j in np.linspace(0, len(fg) - 1, n)] if n else []
 
@@ -146,7 +147,7 @@ def dev_samples(items: list[dict], task: TaskConfig, size: int) -> list[dict]:
 
 
 def _key(sample: dict) -> tuple[str, Any]:
-    return sample["image_path"], sample.get("slice")
+    return sample[SampleKeys.IMAGE_PATH], sample.get(SampleKeys.SLICE)
 
 
 def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
@@ -184,24 +185,24 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
     assert ctx.cache is not None  # set by ctx.setup
     if kind == "zero_shot":
         predictor = Predictor([BloSam(ctx.backbone)], ctx.cache, ctx.device, 1)
-        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
+        predict = lambda xs: [m[:1] for m in predictor.masks([s[SampleKeys.IMAGE] for s in xs])]
     elif kind == "box_prompt":
         boxes = BoxPromptPredictor(ctx.backbone, ctx.cache, ctx.device)
-        predict = lambda xs: boxes.masks([s["image"] for s in xs], [s["label"] for s in xs])
+        predict = lambda xs: boxes.masks([s[SampleKeys.IMAGE] for s in xs], [s[SampleKeys.LABEL] for s in xs])
     elif kind == "unet":
         unet = UNetBaseline(ctx.backbone.preprocessing, seed=cell.seed or 0, device=ctx.device, **opts)
         losses = unet.fit(shots)
         extra["train"] = {
             "final_loss": losses[-1],
             "iterations": len(losses),
-            "shots": [f"{s['image_path']}#{s['slice']}" for s in shots],
+            "shots": [f"{s[SampleKeys.IMAGE_PATH]}#{s[SampleKeys.SLICE]}" for s in shots],
         }
-        predict = lambda xs: unet.masks([s["image"] for s in xs])
+        predict = lambda xs: unet.masks([s[SampleKeys.IMAGE] for s in xs])
     else:
         network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
         # what `blosam infer` applies: the preset's post-processing and test-time flips
         predictor = Predictor([network], ctx.cache, ctx.device, 1, **preset_options([task]))
-        predict = lambda xs: [m[:1] for m in predictor.masks([s["image"] for s in xs])]
+        predict = lambda xs: [m[:1] for m in predictor.masks([s[SampleKeys.IMAGE] for s in xs])]
     masks = predict(samples)
     result = {**score_predictions(samples, masks), **extra}
     pool = ctx.eval_samples[cell.task]
