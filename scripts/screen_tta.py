@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blosam_med.data import load_task
-from blosam_med.inference import Predictor, load_adapters
+from blosam_med.data import SampleKeys, load_task
+from blosam_med.inference import Predictor, load_adapters, preset_options
 from blosam_med.inference.predictor import binary_masks
 from blosam_med.model import EmbeddingCache
 from blosam_med.study.config import load_study
 from blosam_med.study.runner import eval_samples
 
 FLIPS = {"h": (-1,), "v": (-2,)}
-CANDIDATES = {"none": [()], "h": [(), (-1,)], "v": [(), (-2,)], "hv": [(), (-1,), (-2,), (-2, -1)]}
+CANDIDATES = {"none": [()], "h": [(), (-1,)], "v": [(), (-2,)], "hv": [(), (-1,), (-2,)]}  # as Predictor(flips=..)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -42,7 +42,11 @@ def main() -> None:
     parser.add_argument("--adapter", action="append", default=[], help="task=path (instead of the study's cells)")
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
+    parser.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.5], help="probability thresholds to score (0.5: logit > 0)"
+    )
     parser.add_argument("--out", help="write the per-adapter scores to this JSON file")
+    parser.add_argument("--engine", default="torch", help="engine for the images as given (default torch, as a study)")
     parser.add_argument(
         "--flip-engine",
         default="torch",
@@ -67,15 +71,19 @@ def main() -> None:
         if task not in pools:
             pools[task] = eval_samples(config, task, load_task(config.tasks[task]["preset"]))
         pool = pools[task]
-        models, _, post = load_adapters([path])
+        models, _, presets = load_adapters([path])
+        post = preset_options(presets)["postprocess"]
         predictor = Predictor(
-            models, EmbeddingCache(models[0].backbone, args.cache_dir), batch_size=4, postprocess=post
+            models,
+            EmbeddingCache(models[0].backbone, args.cache_dir, engine=args.engine),
+            batch_size=4,
+            postprocess=post,
         )
         flipper = Predictor(
             models, EmbeddingCache(models[0].backbone, args.cache_dir, engine=args.flip_engine), batch_size=4
         )
-        images = [s["image"] for s in pool]
-        refs = [s["label"][0].numpy() > 0 for s in pool]
+        images = [s[SampleKeys.IMAGE] for s in pool]
+        refs = [s[SampleKeys.LABEL][0].numpy() > 0 for s in pool]
         needed = sorted({f for c in args.candidates for f in CANDIDATES[c]})
         probs = {}
         for dims in needed:
@@ -85,13 +93,13 @@ def main() -> None:
             )
             probs[dims] = [torch.sigmoid(torch.flip(lg, dims) if dims else lg) for lg in logits]
         scores = {}
-        for name in args.candidates:
+        for name, t in [(n, t) for n in args.candidates for t in args.thresholds]:
             vals = []
             for i, ref in enumerate(refs):
                 p = torch.stack([probs[d][i] for d in CANDIDATES[name]]).mean(0)
-                m = binary_masks(torch.logit(p.clamp(1e-6, 1 - 1e-6)), post)[0].numpy().astype(bool)
-                vals.append(dice(m, ref))
-            scores[name] = float(np.mean(vals))
+                lg = torch.logit(p, eps=1e-6) - float(np.log(t / (1 - t)))  # > 0 where p > t
+                vals.append(dice(binary_masks(lg, post)[0].numpy().astype(bool), ref))
+            scores[name if t == 0.5 else f"{name}@{t}"] = float(np.mean(vals))
         label = f"{task}/{path.parent.parent.parent.name}/{path.parent.parent.name}"
         results[label] = scores
         for name, v in scores.items():
@@ -100,9 +108,10 @@ def main() -> None:
     print("\nmean over adapters (task, method): candidate mean Dice (change vs none)")
     for task, method in sorted({(t, m) for t, m, _ in by_method}):
         base = np.mean(by_method[(task, method, "none")])
+        names = sorted({n for t, m, n in by_method if (t, m) == (task, method)}, key=list(scores).index)
         row = "  ".join(
             f"{n} {np.mean(by_method[(task, method, n)]):.4f} ({np.mean(by_method[(task, method, n)]) - base:+.4f})"
-            for n in args.candidates
+            for n in names
         )
         print(f"{task} {method} [{len(by_method[(task, method, 'none')])}]: {row}")
     if args.out:

@@ -19,9 +19,12 @@ import shutil
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from blosam_med.cli import main as blosam
 from blosam_med.data import build_datalist, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.io import atomic_write
+from blosam_med.model.checkpoint import read_adapter, safe_load
 from blosam_med.model.shipped import SHIPPED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +58,32 @@ def training_pool_size(datalist: Path, task: str) -> int:
     return len(items)
 
 
-def _postprocess(params: dict) -> str:
-    task = params.get("task") or {}
+#: Task preset keys that act at inference only: an adapter's stored preset may take new values without retraining.
+INFERENCE_KEYS = ("keep_components", "fill_holes", "flips")
+
+
+def refresh_inference_preset(adapter: Path, task: str) -> list[str]:
+    """Copy the inference-only keys of the current preset ``task`` into the adapter's stored preset (atomically, in
+    place); returns the keys that changed."""
+    payload = safe_load(adapter, "adapter")
+    stored = payload["extra"]["task"]
+    current = load_task(task).to_dict()
+    changed = [k for k in INFERENCE_KEYS if stored.get(k) != current[k]]
+    if changed:
+        stored.update({k: current[k] for k in INFERENCE_KEYS})
+        atomic_write(adapter, lambda tmp: torch.save(payload, tmp), overwrite=True)
+    return changed
+
+
+def _postprocess(task: dict) -> str:
     parts = []
     if task.get("keep_components"):
         parts.append(f"{task['keep_components']} largest connected component(s) kept")
     if task.get("fill_holes"):
         parts.append("holes filled")
+    if task.get("flips"):
+        names = {"h": "left-right", "v": "up-down"}
+        parts.append("test-time flips (" + ", ".join(names[f] for f in task["flips"]) + ") averaged")
     return ", ".join(parts)
 
 
@@ -71,9 +93,17 @@ def _stat(mean: dict, key: str, digits: int) -> str:
 
 
 def model_card(
-    task: str, metrics: dict, draw: dict, params: dict, readme: Path, pool_metrics: dict | None = None
+    task: str,
+    metrics: dict,
+    draw: dict,
+    params: dict,
+    readme: Path,
+    pool_metrics: dict | None = None,
+    preset: dict | None = None,
 ) -> str:
+    """The card of a shipped adapter; ``preset``: the task preset stored in the adapter (default: the training's)."""
     mean = metrics["mean"]
+    preset = preset if preset is not None else params.get("task") or {}
 
     def stat(key: str, digits: int) -> str:
         return _stat(mean, key, digits)
@@ -120,7 +150,7 @@ def model_card(
             )
             + f"; {params.get('views', 0)} augmented views per shot"
             + ("; the epoch with the best validation Dice kept" if params.get("keep_best") else "")
-            + (f"; masks post-processed: {_postprocess(params)}" if _postprocess(params) else ""),
+            + (f"; at inference: {_postprocess(preset)}" if _postprocess(preset) else ""),
             f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations, "
             f"batch {params.get('batch_size')}, lr {params.get('lr')}, {params.get('loss')}",
             f"- Shots{' (subset A | subset B)' if draw.get('bilevel') else ''}: {shots.strip(' |')}",
@@ -174,6 +204,11 @@ def main() -> int:
     p.add_argument("--cell", default="k4_s0/blosam", help="with --from-study: the cell under cells/<task>/")
     p.add_argument("--install", action="store_true", help="copy into blosam_med/assets/adapters with a model card")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--refresh-presets",
+        action="store_true",
+        help=f"an adapter already trained takes the current preset's inference keys ({', '.join(INFERENCE_KEYS)})",
+    )
     args = p.parse_args()
     cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
     for task in args.tasks:
@@ -203,6 +238,8 @@ def main() -> int:
             )
             if rc:
                 return rc
+        elif args.refresh_presets:
+            print(f"{out / 'adapter.pt'}: preset keys refreshed: {refresh_inference_preset(out / 'adapter.pt', task)}")
         scores = Path(args.out) / task / "test_metrics.json"
         scores.parent.mkdir(parents=True, exist_ok=True)
         rc = blosam(
@@ -239,7 +276,13 @@ def main() -> int:
             pool_metrics = json.loads(pool_scores.read_text()) if pool.is_dir() else None
             run = json.loads((out / "metrics.json").read_text())
             card = model_card(
-                task, metrics, run["draw"], run["params"], Path(args.data_root) / task / "README.md", pool_metrics
+                task,
+                metrics,
+                run["draw"],
+                run["params"],
+                Path(args.data_root) / task / "README.md",
+                pool_metrics,
+                read_adapter(out / "adapter.pt")["extra"]["task"],
             )
             dest = SHIPPED_DIR / task
             dest.mkdir(parents=True, exist_ok=True)
