@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
+from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.inference.predictor import Predictor, default_batch_size
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
 from blosam_med.io import write_json
 from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
 from blosam_med.model.blosam import BloSam
@@ -159,7 +160,7 @@ def evaluate_adapter(
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
     post = [mask_postprocess(task.keep_components, task.fill_holes)]
     predictor = Predictor([model], cache, device=device, batch_size=batch_size, postprocess=post)
-    masks = predictor.masks([s["image"] for s in samples])
+    masks = [binary_masks(lg, post) for lg in predict_logits(predictor, samples, task)]
     result = {
         "adapter": str(adapter),
         "split": split,

@@ -26,6 +26,7 @@ from blosam_med.data import (
     slices_to_volume,
 )
 from blosam_med.data.files import NIFTI_EXT
+from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size
 from blosam_med.inference.writers import (
@@ -226,12 +227,12 @@ def _is_series(folder: Path) -> bool:
 def predict_case(
     entry: dict, task: TaskConfig, predictor: Predictor, axis: str | None = None, progress: bool = True
 ) -> CasePrediction:
-    """Predict every slice (or the image) of one input."""
+    """Predict every slice (or the image) of one input; slices ``task.empty_below`` calls empty skip the model."""
     samples = load_samples([entry], task, foreground_only=False, every_n=1, axis=axis)
     if not samples:
         raise ValueError(f"{entry['image']}: nothing to predict")
     images = [s["image"] for s in samples]
-    logits = predictor.logits(images, progress=progress, desc=samples[0]["case"])
+    logits = predict_logits(predictor, samples, task, progress=progress, desc=samples[0]["case"])
     first = samples[0]
     kind = "volume" if first.get("source") is not None else "2d"
     if kind == "2d" and len(samples) > 1:
