@@ -11,9 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from blosam_med.data.windowing import WINDOW_NAMES
+from blosam_med.data.windowing import WINDOW_NAMES, WINDOW_PRESETS, WindowIntensity
 
 __all__ = ["TaskConfig", "load_task", "task_preset_path", "preset_names", "PRESET_DIR", "AXES", "FLIPS"]
 
@@ -56,6 +57,11 @@ class TaskConfig:
         flips: test-time flips: each (``"h"`` left-right, ``"v"`` up-down) adds a prediction of the flipped image,
             flipped back and averaged with the others as probabilities (one more encoder pass each); chosen per task
             on the evaluation pool (``scripts/screen_tta.py``).
+        empty_below: volumes, opt-in: a slice whose every voxel is below this intensity (image units, HU for CT;
+            e.g. ``-900``: air only, outside the body) is predicted empty (probability 0) without running the encoder
+            or decoder. Needs a fixed window (a CT preset or ``custom``) whose range holds the value; it is checked
+            on the windowed slice. Set it only for an adapter that predicts nothing on such slices, or masks change
+            (README "Inference speed"). ``None`` (default): every slice is predicted.
         description: free text.
     """
 
@@ -76,6 +82,7 @@ class TaskConfig:
     keep_components: int = 0
     fill_holes: bool = False
     flips: tuple[str, ...] = ()
+    empty_below: float | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +108,8 @@ class TaskConfig:
         if bad or len(set(flips)) != len(flips):
             raise ValueError(f"{where}: flips must be distinct names among {list(FLIPS)}, got {list(flips)}")
         object.__setattr__(self, "flips", flips)
+        if self.empty_below is not None:
+            self._check_empty_below(where, float(self.empty_below))
         values = self.label_values
         if values is None or (isinstance(values, str) and values.lower() == NONZERO):
             values = NONZERO
@@ -111,6 +120,31 @@ class TaskConfig:
             if values != NONZERO and 0 in values:
                 raise ValueError(f"{where}: label_values lists foreground values; 0 is background")
         object.__setattr__(self, "label_values", values)
+
+    def _check_empty_below(self, where: str, value: float) -> None:
+        if self.spatial_dims != 3:
+            raise ValueError(f"{where}: empty_below skips slices of volumes; it needs spatial_dims 3")
+        if self.window not in (*WINDOW_PRESETS, "custom"):
+            raise ValueError(
+                f"{where}: empty_below needs a fixed window (a CT preset or custom), got window '{self.window}'"
+            )
+        low, high = WindowIntensity(self.window, self.width, self.level).range
+        if not low < value <= high:
+            raise ValueError(
+                f"{where}: empty_below {value:g} is outside the window's range ({low:g}, {high:g}]; "
+                "choose a value inside it, or a window that holds it"
+            )
+
+    @property
+    def empty_level(self) -> float | None:
+        """``empty_below`` on the windowed [0, 1] scale (windowed exactly as the images are), or ``None``.
+
+        A windowed slice whose maximum is below this level has every voxel below ``empty_below``.
+        """
+        if self.empty_below is None:
+            return None
+        window = WindowIntensity(self.window, self.width, self.level)
+        return float(window(torch.tensor([float(self.empty_below)]))[0])
 
     @property
     def foreground_values(self) -> tuple[int, ...] | None:

@@ -12,7 +12,8 @@ import torch
 
 from blosam_med.data import TaskConfig, load_samples, open_datalist, slices_to_volume
 from blosam_med.data.keys import CaseKeys, Sample, SampleKeys, SourceKeys
-from blosam_med.inference.predictor import Predictor, default_batch_size, preset_options
+from blosam_med.inference.empty_slices import predict_logits
+from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.io import write_json
 from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
 from blosam_med.model.blosam import BloSam
@@ -154,8 +155,9 @@ def evaluate_adapter(
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
     cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
-    predictor = Predictor([model], cache, device=device, batch_size=batch_size, **preset_options([task]))
-    masks = predictor.masks([s[SampleKeys.IMAGE] for s in samples])
+    options = preset_options([task])
+    predictor = Predictor([model], cache, device=device, batch_size=batch_size, **options)
+    masks = [binary_masks(lg, options["postprocess"]) for lg in predict_logits(predictor, samples, task)]
     result = {
         "adapter": str(adapter),
         "split": split,

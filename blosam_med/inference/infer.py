@@ -27,6 +27,7 @@ from blosam_med.data import (
 )
 from blosam_med.data.files import NIFTI_EXT
 from blosam_med.data.keys import SampleKeys, SourceKeys
+from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.inference.writers import (
     to_source_grid,
@@ -226,12 +227,12 @@ def _is_series(folder: Path) -> bool:
 def predict_case(
     entry: dict, task: TaskConfig, predictor: Predictor, axis: str | None = None, progress: bool = True
 ) -> CasePrediction:
-    """Predict every slice (or the image) of one input."""
+    """Predict every slice (or the image) of one input; slices ``task.empty_below`` calls empty skip the model."""
     samples = load_samples([entry], task, foreground_only=False, every_n=1, axis=axis)
     if not samples:
         raise ValueError(f"{entry['image']}: nothing to predict")
     images = [s[SampleKeys.IMAGE] for s in samples]
-    logits = predictor.logits(images, progress=progress, desc=samples[0][SampleKeys.CASE])
+    logits = predict_logits(predictor, samples, task, progress=progress, desc=samples[0][SampleKeys.CASE])
     first = samples[0]
     kind = "volume" if first.get(SampleKeys.SOURCE) is not None else "2d"
     if kind == "2d" and len(samples) > 1:

@@ -63,3 +63,26 @@ def test_invalid_fields():
         TaskConfig(name="t", label_values=[0, 1])
     with pytest.raises(ValueError, match="axis"):
         TaskConfig(name="t", axis="axl")
+
+
+def test_empty_below_is_opt_in_and_maps_onto_the_window():
+    assert load_task("lung_ct").empty_below is None and load_task("lung_ct").empty_level is None
+    ct = TaskConfig(name="ct", window="lung", spatial_dims=3, empty_below=-900)  # lung window: -1350 HU .. 150 HU
+    assert ct.empty_level == pytest.approx(0.3)
+    assert TaskConfig.from_dict(ct.to_dict()) == ct
+    custom = TaskConfig(name="ct", window="custom", width=200, level=-1000, spatial_dims=3, empty_below=-950)
+    assert custom.empty_level == pytest.approx(0.75)  # -1100 HU .. -900 HU
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"window": "lung", "spatial_dims": 2}, "spatial_dims 3"),
+        ({"window": "percentile", "spatial_dims": 3}, "fixed window"),
+        ({"window": "lung", "spatial_dims": 3, "empty_below": -1400}, r"outside the window's range \(-1350, 150\]"),
+        ({"window": "lung", "spatial_dims": 3, "empty_below": 200}, "outside the window's range"),
+    ],
+)
+def test_empty_below_refuses_what_it_cannot_check(fields, message):
+    with pytest.raises(ValueError, match=message):
+        TaskConfig(name="t", **{"empty_below": -900, **fields})
