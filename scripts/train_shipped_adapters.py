@@ -290,7 +290,9 @@ def main() -> int:
             atomic_write(dest / "MODEL_CARD.md", partial(Path.write_text, data=card), overwrite=args.overwrite)
             atomic_write(dest / "test_metrics.json", partial(shutil.copyfile, scores), overwrite=args.overwrite)
             if pool.is_dir():
-                atomic_write(dest / "eval_metrics.json", partial(shutil.copyfile, pool_scores), overwrite=args.overwrite)
+                atomic_write(
+                    dest / "eval_metrics.json", partial(shutil.copyfile, pool_scores), overwrite=args.overwrite
+                )
             print(f"installed {dest}")
     return 0
 
