@@ -23,7 +23,7 @@ from blosam_med.data import SampleKeys, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
 from blosam_med.inference.predictor import binary_masks
 from blosam_med.model import EmbeddingCache
-from blosam_med.study.config import load_study
+from blosam_med.study.config import StudyConfig, load_study
 from blosam_med.study.runner import eval_samples
 
 FLIPS = {"h": (-1,), "v": (-2,)}
@@ -33,6 +33,33 @@ CANDIDATES = {"none": [()], "h": [(), (-1,)], "v": [(), (-2,)], "hv": [(), (-1,)
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     total = pred.sum() + ref.sum()
     return 1.0 if total == 0 else float(2 * np.logical_and(pred, ref).sum() / total)
+
+
+def adapter_jobs(
+    config: StudyConfig, adapters: list[str], tasks: list[str] | None, methods: list[str] | None = None
+) -> list[tuple[str, Path]]:
+    """``(task, adapter.pt)`` pairs: the ``task=path`` given, else every finished trained cell of the study."""
+    if adapters:
+        jobs = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in adapters]
+    else:
+        jobs = [
+            (task, p)
+            for task in config.tasks
+            for p in sorted((config.output_dir / "cells" / task).glob("k*_s*/*/train/adapter.pt"))
+            if not methods or p.parent.parent.name in methods
+        ]
+    return [(t, p) for t, p in jobs if not tasks or t in tasks]
+
+
+def print_means(by_method: dict[tuple[str, str, str], list[float]], what: str) -> None:
+    """Per (task, method): each setting's mean Dice over the adapters and its change against ``none``."""
+    print(f"\nmean over adapters (task, method): {what} mean Dice (change vs none)")
+    for task, method in sorted({(t, m) for t, m, _ in by_method}):
+        base = float(np.mean(by_method[(task, method, "none")]))
+        names = list(dict.fromkeys(n for t, m, n in by_method if (t, m) == (task, method)))
+        means = {n: float(np.mean(by_method[(task, method, n)])) for n in names}
+        row = "  ".join(f"{n} {v:.4f} ({v - base:+.4f})" for n, v in means.items())
+        print(f"{task} {method} [{len(by_method[(task, method, 'none')])}]: {row}")
 
 
 def main() -> None:
@@ -55,15 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     config = load_study(args.config)
-    if args.adapter:
-        jobs = [(a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in args.adapter]
-    else:
-        jobs = [
-            (task, p)
-            for task in config.tasks
-            for p in sorted((config.output_dir / "cells" / task).glob("k*_s*/*/train/adapter.pt"))
-        ]
-    jobs = [(t, p) for t, p in jobs if not args.tasks or t in args.tasks]
+    jobs = adapter_jobs(config, args.adapter, args.tasks)
     pools: dict[str, list[dict]] = {}
     results: dict[str, dict[str, float]] = {}
     by_method: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -105,15 +124,7 @@ def main() -> None:
         for name, v in scores.items():
             by_method[(task, path.parent.parent.name, name)].append(v)
         print(label, "  ".join(f"{n} {v:.4f} ({v - scores['none']:+.4f})" for n, v in scores.items()), flush=True)
-    print("\nmean over adapters (task, method): candidate mean Dice (change vs none)")
-    for task, method in sorted({(t, m) for t, m, _ in by_method}):
-        base = np.mean(by_method[(task, method, "none")])
-        names = sorted({n for t, m, n in by_method if (t, m) == (task, method)}, key=list(scores).index)
-        row = "  ".join(
-            f"{n} {np.mean(by_method[(task, method, n)]):.4f} ({np.mean(by_method[(task, method, n)]) - base:+.4f})"
-            for n in names
-        )
-        print(f"{task} {method} [{len(by_method[(task, method, 'none')])}]: {row}")
+    print_means(by_method, "candidate")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

@@ -57,6 +57,11 @@ class TaskConfig:
         flips: test-time flips: each (``"h"`` left-right, ``"v"`` up-down) adds a prediction of the flipped image,
             flipped back and averaged with the others as probabilities (one more encoder pass each); chosen per task
             on the evaluation pool (``scripts/screen_tta.py``).
+        refine_boxes: box refinement (:class:`blosam_med.inference.refine.BoxRefiner`): the ``n`` largest connected
+            components of the predicted mask each give a box prompt to the backbone's pretrained decoder, whose
+            mask replaces the prediction if it agrees with it (Dice >= ``refine_gate``); ``0`` (default): off.
+            Chosen per task on the evaluation pool (``scripts/screen_refine.py``).
+        refine_gate: the agreement box refinement needs, a Dice in [0, 1].
         empty_below: volumes, opt-in: a slice whose every voxel is below this intensity (image units, HU for CT;
             e.g. ``-900``: air only, outside the body) is predicted empty (probability 0) without running the encoder
             or decoder. Needs a fixed window (a CT preset or ``custom``) whose range holds the value; it is checked
@@ -82,6 +87,8 @@ class TaskConfig:
     keep_components: int = 0
     fill_holes: bool = False
     flips: tuple[str, ...] = ()
+    refine_boxes: int = 0
+    refine_gate: float = 0.6
     empty_below: float | None = None
     description: str = field(default="", compare=False)
 
@@ -101,6 +108,11 @@ class TaskConfig:
             raise ValueError(f"{where}: shot_unit must be 'slice' or 'case', got '{self.shot_unit}'")
         if int(self.keep_components) < 0:
             raise ValueError(f"{where}: keep_components must be >= 0 (0 keeps all), got {self.keep_components}")
+        if int(self.refine_boxes) < 0 or not 0.0 <= float(self.refine_gate) <= 1.0:
+            raise ValueError(
+                f"{where}: refine_boxes must be >= 0 (0: off) and refine_gate a Dice in [0, 1], "
+                f"got {self.refine_boxes} and {self.refine_gate}"
+            )
         if int(self.shots) < 1 or int(self.every_n) < 1:
             raise ValueError(f"{where}: shots and every_n must be >= 1, got {self.shots}, {self.every_n}")
         flips = (self.flips,) if isinstance(self.flips, str) else tuple(self.flips or ())

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from blosam_med.data.tasks import FLIPS, TaskConfig
 from blosam_med.inference.postprocess import mask_postprocess
+from blosam_med.inference.refine import BoxRefiner
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache, autocast
 
@@ -35,8 +36,11 @@ class Predictor:
         flips: per model, test-time flips (names of :data:`blosam_med.data.FLIPS`): each flipped image is encoded
             once for every model that asks for it, its logits are flipped back, and a model's logits become the
             logit of its mean probability over the original and its flips. ``None``: no flips.
+        refine: per model, ``(components, gate)`` of box refinement (:class:`blosam_med.inference.refine.BoxRefiner`,
+            on the unflipped image's embedding, after the flips are averaged) or ``(0, gate)`` for none. ``None``:
+            no refinement.
 
-    :func:`preset_options` gives ``postprocess`` and ``flips`` from each model's task preset.
+    :func:`preset_options` gives ``postprocess``, ``flips`` and ``refine`` from each model's task preset.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class Predictor:
         amp_dtype: torch.dtype | None = None,
         postprocess: Sequence[Callable | None] | None = None,
         flips: Sequence[Sequence[str]] | None = None,
+        refine: Sequence[tuple[int, float]] | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
@@ -62,6 +67,12 @@ class Predictor:
         if len(self.flips) != len(self.models) or any(f not in FLIPS for fl in self.flips for f in fl):
             raise ValueError(f"flips must list, per model ({len(self.models)}), names among {list(FLIPS)}: {flips}")
         self.device = torch.device(device)
+        if refine is not None and len(refine) != len(self.models):
+            raise ValueError(f"{len(refine)} refinement entries for {len(self.models)} models")
+        self.refiners = [
+            BoxRefiner(m.backbone, n, gate).to(self.device) if n else None
+            for m, (n, gate) in zip(self.models, refine or [(0, 0.0)] * len(self.models), strict=True)
+        ]
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.cache = (
@@ -75,7 +86,8 @@ class Predictor:
         """Per image a (n_models, H, W) float tensor of logits at the image's own size.
 
         The encoder runs once per image (batched) and once more per test-time flip any model asks for, under
-        ``torch.inference_mode``; every model decodes the batches it needs.
+        ``torch.inference_mode``; every model decodes the batches it needs, then box refinement (if any) decodes
+        once more from the unflipped embedding.
         """
         passes = [()] + sorted({FLIPS[f] for fl in self.flips for f in fl})
         out: list[torch.Tensor] = []
@@ -89,6 +101,8 @@ class Predictor:
             for dims in passes:
                 users = [i for i, fl in enumerate(self.flips) if not dims or dims in (FLIPS[f] for f in fl)]
                 emb = self.cache.embed([im.flip(dims) for im in chunk] if dims else chunk).to(self.device)
+                if not dims:
+                    plain = emb  # passes[0]: the images as given, for box refinement
                 with autocast(self.device, self.amp_dtype):
                     per_model = {i: self.models[i].forward_embeddings(emb).float() for i in users}  # (b, 1, h, w)
                 for i, p in per_model.items():
@@ -96,7 +110,13 @@ class Predictor:
                         lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
                         found[i][j].append(lg.flip(dims) if dims else lg)
             for j in range(len(chunk)):
-                out.append(torch.stack([_mean_logit(found[i][j]) for i in range(len(self.models))]).cpu())
+                per_image = [_mean_logit(found[i][j]) for i in range(len(self.models))]
+                with autocast(self.device, self.amp_dtype):
+                    per_image = [
+                        r(plain[j : j + 1], lg).float() if r is not None else lg
+                        for r, lg in zip(self.refiners, per_image, strict=True)
+                    ]
+                out.append(torch.stack(per_image).cpu())
         return out
 
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -114,13 +134,16 @@ def _mean_logit(logits: list[torch.Tensor]) -> torch.Tensor:
 class PresetOptions(TypedDict):
     postprocess: list[Callable | None]
     flips: list[tuple[str, ...]]
+    refine: list[tuple[int, float]]
 
 
 def preset_options(presets: Sequence[TaskConfig]) -> PresetOptions:
-    """:class:`Predictor` keywords from each model's task preset: mask post-processing and test-time flips."""
+    """:class:`Predictor` keywords from each model's task preset: mask post-processing, test-time flips and box
+    refinement."""
     return {
         "postprocess": [mask_postprocess(t.keep_components, t.fill_holes) for t in presets],
         "flips": [t.flips for t in presets],
+        "refine": [(t.refine_boxes, t.refine_gate) for t in presets],
     }
 
 

@@ -7,37 +7,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from scipy import ndimage
 
 from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import augmentation, label_target
+from blosam_med.inference.refine import box_logits, component_boxes
 from blosam_med.model.backbones import Backbone, Preprocessing
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.preprocess import postprocess_logits, preprocess_image
 
-__all__ = ["component_boxes", "BoxPromptPredictor", "UNetBaseline"]
+__all__ = ["component_boxes", "BoxPromptPredictor", "UNetBaseline"]  # component_boxes: re-exported
 
 logger = logging.getLogger(__name__)
-
-
-def component_boxes(label: np.ndarray, min_fraction: float = 1e-3) -> np.ndarray:
-    """Bounding boxes ``(N, 4)`` as ``x0, y0, x1, y1`` (pixels, inclusive-exclusive) of the connected components
-    of a 2D mask, ignoring specks smaller than ``min_fraction`` of the foreground (always keeping the largest)."""
-    lab, n = ndimage.label(np.asarray(label) > 0)
-    if n == 0:
-        return np.zeros((0, 4), dtype=np.float32)
-    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
-    keep = [i + 1 for i, s in enumerate(sizes) if s >= min_fraction * sizes.sum() or s == sizes.max()]
-    boxes = []
-    for k, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if k in keep:
-            ys, xs = sl
-            boxes.append([xs.start, ys.start, xs.stop, ys.stop])
-    return np.asarray(boxes, dtype=np.float32)
 
 
 class BoxPromptPredictor:
@@ -57,28 +40,17 @@ class BoxPromptPredictor:
     @torch.inference_mode()
     def masks(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per sample a (1, H, W) uint8 mask from the boxes of ``labels`` (each (1, H, W))."""
-        prep = self.backbone.preprocessing
-        pe, md = self.backbone.prompt_encoder.to(self.device), self.backbone.mask_decoder.to(self.device)
+        self.backbone.prompt_encoder.to(self.device)
+        self.backbone.mask_decoder.to(self.device)
         out = []
         for image, label in zip(images, labels, strict=True):
             h, w = image.shape[-2:]
-            boxes = component_boxes(label[0].numpy())
+            boxes = component_boxes(label[0].numpy(), min_fraction=1e-3)
             if len(boxes) == 0:
                 out.append(torch.zeros((1, h, w), dtype=torch.uint8))
                 continue
-            scale = prep.input_size / max(h, w)
-            box = torch.as_tensor(boxes * scale, device=self.device)
             emb = self.cache.embed([image]).to(self.device)
-            sparse, dense = pe(points=None, boxes=box, masks=None)
-            logits, _ = md(
-                image_embeddings=emb,
-                image_pe=pe.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            union = logits.amax(dim=0, keepdim=True)  # (1, 1, 256, 256)
-            out.append((postprocess_logits(union, prep, (h, w))[0] > 0).to(torch.uint8).cpu())
+            out.append((box_logits(self.backbone, emb, boxes, (h, w)) > 0)[None].to(torch.uint8).cpu())
         return out
 
 

@@ -13,7 +13,7 @@ import yaml
 from blosam_med.cli import main
 from blosam_med.data import load_task
 from blosam_med.study import load_study, slab_split
-from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline, component_boxes
+from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.report import aggregate, paired_differences
 from tests.synthetic import write_nifti
 
@@ -112,16 +112,6 @@ def test_default_grid_cells():
     assert len({c.id for c in cells}) == len(cells)
     assert {m.kind for m in config.methods} == {"bundle", "unet", "zero_shot", "box_prompt"}
     assert len(config.seeds) >= 3
-
-
-def test_component_boxes_one_per_object():
-    mask = np.zeros((20, 30), np.uint8)
-    mask[2:6, 3:9] = 1
-    mask[10:18, 20:28] = 1
-    mask[0, 29] = 1  # a speck: 1 of 89 foreground pixels, below min_fraction
-    boxes = component_boxes(mask, min_fraction=0.05)
-    assert boxes.tolist() == [[3, 2, 9, 6], [20, 10, 28, 18]]
-    assert component_boxes(np.zeros((5, 5))).shape == (0, 4)
 
 
 def test_box_prompt_predictor_shapes_and_empty(tiny_backbone, tmp_path):
