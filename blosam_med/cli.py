@@ -455,6 +455,12 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished cells")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score finished trained cells again from their adapters with today's task presets (post-processing, "
+        "flips, box refinement), without retraining",
+    )
     p.set_defaults(func=_run_study)
 
 
@@ -495,6 +501,7 @@ def _run_study(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             tracking=not args.no_tracking,
             engine=args.engine,
+            rescore=args.rescore,
         )
         report, failed = summary["report"], summary["failed"]
     print(report["table"])

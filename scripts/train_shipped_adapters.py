@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from blosam_med.cli import main as blosam
-from blosam_med.data import build_datalist, load_samples, load_task, open_datalist, write_datalist
+from blosam_med.data import INFERENCE_KEYS, build_datalist, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.io import atomic_write
 from blosam_med.model.checkpoint import read_adapter, safe_load
 from blosam_med.model.shipped import SHIPPED_DIR
@@ -58,10 +58,6 @@ def training_pool_size(datalist: Path, task: str) -> int:
     return len(items)
 
 
-#: Task preset keys that act at inference only: an adapter's stored preset may take new values without retraining.
-INFERENCE_KEYS = ("keep_components", "fill_holes", "flips")
-
-
 def refresh_inference_preset(adapter: Path, task: str) -> list[str]:
     """Copy the inference-only keys of the current preset ``task`` into the adapter's stored preset (atomically, in
     place); returns the keys that changed."""
@@ -84,6 +80,11 @@ def _postprocess(task: dict) -> str:
     if task.get("flips"):
         names = {"h": "left-right", "v": "up-down"}
         parts.append("test-time flips (" + ", ".join(names[f] for f in task["flips"]) + ") averaged")
+    if task.get("refine_boxes"):
+        parts.append(
+            f"box refinement (the {task['refine_boxes']} largest component(s) re-segmented from a box prompt by "
+            f"LiteMedSAM's own decoder, kept where their Dice with the first mask is at least {task['refine_gate']})"
+        )
     return ", ".join(parts)
 
 

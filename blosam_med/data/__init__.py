@@ -25,12 +25,22 @@ from blosam_med.data.keys import CaseKeys, PairKeys, Sample, SampleKeys, SourceK
 from blosam_med.data.loading import binarise, image_kind, load_pair, load_samples, mask_values, read_image
 from blosam_med.data.sampling import describe_draw, sample_shots, split_ab
 from blosam_med.data.slices import slice_spacing, slice_view, slices_to_volume, volume_to_slices
-from blosam_med.data.tasks import AXES, FLIPS, PRESET_DIR, TaskConfig, load_task, preset_names, task_preset_path
+from blosam_med.data.tasks import (
+    AXES,
+    FLIPS,
+    INFERENCE_KEYS,
+    PRESET_DIR,
+    TaskConfig,
+    load_task,
+    preset_names,
+    task_preset_path,
+)
 from blosam_med.data.windowing import WINDOW_NAMES, WINDOW_PRESETS, WindowIntensity, WindowIntensityd, window_range
 
 __all__ = [
     "AXES",
     "FLIPS",
+    "INFERENCE_KEYS",
     "CaseKeys",
     "PairKeys",
     "Sample",

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from blosam_med.data import TaskConfig, load_samples, load_task, open_datalist, write_datalist
+from blosam_med.data import INFERENCE_KEYS, TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import score_predictions
 from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.io import write_json
-from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir
+from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir, load_adapter
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.tracking import StudyTracker
@@ -171,9 +171,14 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
     return network, json.loads((folder / "metrics.json").read_text())
 
 
-def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any], list[torch.Tensor]]:
+def run_cell(
+    ctx: StudyContext, cell: Cell, folder: Path, trained: tuple[BloSam, dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Train (when the method trains) and score one cell on the task's test split, and on the development
-    samples that are not among its shots (``result["dev"]``); returns the result and the test masks."""
+    samples that are not among its shots (``result["dev"]``); returns the result and the test masks.
+
+    ``trained``: a bundle cell's network and training record from an earlier run, scored again without training
+    (``run_study(rescore=True)``)."""
     ctx.setup(cell.task)
     task, samples = ctx.presets[cell.task], ctx.test_samples[cell.task]
     shots = (
@@ -199,9 +204,10 @@ def run_cell(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[dict[str, Any
         }
         predict = lambda xs: unet.masks([s[SampleKeys.IMAGE] for s in xs])
     else:
-        network, extra["train"] = _train_bundle(ctx, cell, folder / "train")
-        # what `blosam infer` applies: the preset's post-processing and test-time flips
+        network, extra["train"] = trained or _train_bundle(ctx, cell, folder / "train")
+        # what `blosam infer` applies: the preset's post-processing, test-time flips and box refinement
         predictor = Predictor([network], ctx.cache, ctx.device, 1, **preset_options([task]))
+        extra["inference"] = {k: task.to_dict()[k] for k in INFERENCE_KEYS}
         predict = lambda xs: [m[:1] for m in predictor.masks([s[SampleKeys.IMAGE] for s in xs])]
     masks = predict(samples)
     result = {**score_predictions(samples, masks), **extra}
@@ -225,6 +231,28 @@ def _packed(masks: list[torch.Tensor]) -> dict[str, np.ndarray]:
     }
 
 
+def _save_preview(ctx: StudyContext, cell: Cell, folder: Path, masks: list[torch.Tensor]) -> None:
+    """The test masks the report's overlays show."""
+    preview = ctx.preview_indices(cell.task)
+    np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
+
+
+def _rescore_cell(ctx: StudyContext, cell: Cell, folder: Path) -> None:
+    """Score a finished bundle cell again from its saved adapter (see ``run_study(rescore=True)``)."""
+    ctx.setup(cell.task)
+    old = json.loads((folder / RESULT_FILE).read_text())
+    network, _ = load_adapter(folder / "train" / "adapter.pt", ctx.backbone)
+    logger.info("study %s: rescoring cell %s", ctx.config.name, cell.id)
+    result, masks = run_cell(ctx, cell, folder, trained=(network, old["train"]))
+    _save_preview(ctx, cell, folder, masks)
+    kept = {
+        k: old[k]
+        for k in old
+        if k in ("cell", "task", "method", "label", "kind", "shots", "seed", "wall_seconds", "cpu_seconds")
+    }
+    write_json(folder / RESULT_FILE, {**result, **kept, "rescored": time.strftime("%Y-%m-%dT%H:%M:%S")}, overwrite=True)
+
+
 def run_study(
     config: StudyConfig,
     device: str | torch.device = "cpu",
@@ -232,10 +260,14 @@ def run_study(
     tracking: bool = True,
     report: bool = True,
     engine: str = "torch",
+    rescore: bool = False,
 ) -> dict[str, Any]:
     """Run every cell that is not done yet, then write the report.
 
     ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`) for the study's embeddings.
+    ``rescore``: finished bundle cells are scored again with their saved adapter and today's task presets
+    (post-processing, flips, box refinement: :data:`INFERENCE_KEYS`) without retraining, so that every row of the
+    report uses the same inference; their training record and time are kept (``result["rescored"]`` says when).
 
     A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
     cleared and the cell rerun. A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
@@ -247,11 +279,19 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir(), engine)
     tracker = StudyTracker(config) if tracking else None
-    summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}}
+    summary: dict[str, Any] = {"done": [], "skipped": [], "rescored": [], "failed": {}}
     for cell in config.cells():
         folder = out / "cells" / cell.id
         if (folder / RESULT_FILE).is_file():
-            summary["skipped"].append(cell.id)
+            if rescore and (folder / "train" / "adapter.pt").is_file():
+                try:
+                    _rescore_cell(ctx, cell, folder)
+                    summary["rescored"].append(cell.id)
+                except Exception as err:  # the cell's earlier result stays
+                    logger.error("study %s: rescoring cell %s failed: %s", config.name, cell.id, err)
+                    summary["failed"][cell.id] = f"{type(err).__name__}: {err}"
+            else:
+                summary["skipped"].append(cell.id)
             continue
         if folder.exists():
             shutil.rmtree(folder)  # a cell killed halfway: its partial outputs are ours, start it again
@@ -269,8 +309,7 @@ def run_study(
             if tracker:
                 tracker.log_failure(cell, folder / "error.txt")
             continue
-        preview = ctx.preview_indices(cell.task)
-        np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
+        _save_preview(ctx, cell, folder, masks)
         result.update(
             cell=cell.id,
             task=cell.task,

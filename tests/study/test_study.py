@@ -303,3 +303,26 @@ def test_bootstrap_interval_covers_the_mean_and_widens_with_noise():
     assert hi2 - lo2 > 5 * (hi - lo)
     lo3, hi3 = bootstrap_interval(np.array([0.1, 0.2, 0.3]))  # one value per seed
     assert 0.1 <= lo3 < 0.2 < hi3 <= 0.3
+
+
+def test_rescore_scores_finished_cells_again_with_todays_preset(synthetic_2d, tmp_path):
+    """``--rescore`` re-predicts a trained cell from its adapter with the current task preset, without training."""
+    preset = tmp_path / "lungs.yaml"
+    task = load_task("lung_xray").to_dict()
+    preset.write_text(yaml.safe_dump({"task": task}))
+    tasks = {"lung_xray": {"data": synthetic_2d.name, "eval": synthetic_2d.name, "preset": str(preset)}}
+    config = _config(tmp_path, synthetic_2d, {"single": METHODS["single"]}, seeds=[0], tasks=tasks)
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    cell = tmp_path / "study/cells/lung_xray/k2_s0/single"
+    first = json.loads((cell / "result.json").read_text())
+    adapter = (cell / "train/adapter.pt").stat().st_mtime_ns
+    assert first["inference"]["flips"] == list(task["flips"]) and "rescored" not in first
+
+    preset.write_text(yaml.safe_dump({"task": {**task, "flips": ["h", "v"], "refine_boxes": 2, "refine_gate": 0.0}}))
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking", "--rescore"]) == 0
+    again = json.loads((cell / "result.json").read_text())
+    assert again["inference"] == {**first["inference"], "flips": ["h", "v"], "refine_boxes": 2, "refine_gate": 0.0}
+    assert again["rescored"] and (cell / "train/adapter.pt").stat().st_mtime_ns == adapter  # not retrained
+    assert again["train"] == first["train"] and again["cpu_seconds"] == first["cpu_seconds"]
+    assert again["mean"]["dice"]["n"] == first["mean"]["dice"]["n"]
+    assert [c["dice"] for c in again["cases"]] != [c["dice"] for c in first["cases"]]  # the new inference scored
