@@ -70,11 +70,12 @@ def main() -> None:
         first = [lg[0] for lg in predictor.logits(images, progress=True, desc=label)]
 
         scores = {"none": score(first, refs, options["postprocess"])}
+        embeddings = [cache.embed([im]) for im in images]
         for n in args.components:
-            for gate in args.gates:
-                refiner = BoxRefiner(models[0].backbone, n, gate)
-                refined = [refiner(cache.embed([im]), lg) for im, lg in zip(images, first, strict=True)]
-                scores[f"k{n}@{gate:g}"] = score(refined, refs, options["postprocess"])
+            refined = [BoxRefiner(models[0].backbone, n).refine(e, lg) for e, lg in zip(embeddings, first, strict=True)]
+            for gate in args.gates:  # the gate of BoxRefiner.__call__, on the same refined logits
+                chosen = [r if agreement >= gate else lg for (r, agreement), lg in zip(refined, first, strict=True)]
+                scores[f"k{n}@{gate:g}"] = score(chosen, refs, options["postprocess"])
         results[label] = scores
         for name, v in scores.items():
             by_method[(task, path.parent.parent.name, name)].append(v)

@@ -88,14 +88,19 @@ class BoxRefiner:
         return self
 
     @torch.inference_mode()
-    def __call__(self, embedding: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(1, C, h, w) embedding and (H, W) first-pass logits -> (H, W) logits, refined or the first ones."""
+    def refine(self, embedding: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(1, C, h, w) embedding and (H, W) first-pass logits -> the box-prompted (H, W) logits and the Dice of
+        their mask with the first one (the first logits and 1.0 when the first mask is empty)."""
         first = (logits > 0).cpu().numpy()
         boxes = component_boxes(first, largest=self.components)
         if len(boxes) == 0:
-            return logits
+            return logits, 1.0
         size = (int(logits.shape[-2]), int(logits.shape[-1]))
         refined = box_logits(self.backbone, embedding, boxes, size).to(logits.device)
         second = (refined > 0).cpu().numpy()
-        agreement = 2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum())
+        return refined, float(2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum()))
+
+    def __call__(self, embedding: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(1, C, h, w) embedding and (H, W) first-pass logits -> (H, W) logits, refined or the first ones."""
+        refined, agreement = self.refine(embedding, logits)
         return refined if agreement >= self.gate else logits
