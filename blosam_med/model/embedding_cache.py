@@ -150,7 +150,9 @@ class EmbeddingCache:
 
     def _encode(self, batch: torch.Tensor) -> torch.Tensor:
         self.encoder_calls += 1
-        return self.engine(batch)
+        # a plain tensor: inputs may be MONAI MetaTensors (e.g. a flipped image), whose metadata would make the
+        # stored entry unloadable with weights_only=True (and the cache useless for them)
+        return self.engine(batch.as_subclass(torch.Tensor)).as_subclass(torch.Tensor)
 
     def embed_inputs(self, inputs: Sequence[torch.Tensor], desc: str = "encoding") -> torch.Tensor:
         """Embeddings (N, C, h, w) for preprocessed encoder inputs, each (3, S, S); misses are encoded in batches."""

@@ -102,3 +102,17 @@ def test_entry_without_checksum_is_upgraded_not_recomputed(tiny_backbone, tmp_pa
     assert tiny_backbone.image_encoder.images == 0
     assert torch.equal(first, again)
     assert all("sha256" in torch.load(f, weights_only=True) for f in files)
+
+
+def test_metatensor_inputs_are_cached_as_plain_tensors(tiny_backbone, tmp_path, caplog):
+    """A flipped MONAI MetaTensor carries metadata; its cache entry must still load with weights_only=True."""
+    from monai.data import MetaTensor
+
+    tiny_backbone.image_encoder = CountingEncoder(tiny_backbone.image_encoder)
+    images = [MetaTensor(im).flip(-1) for im in _images(2)]
+    first = EmbeddingCache(tiny_backbone, tmp_path, progress=False).embed(images)
+    assert type(first) is torch.Tensor
+    cache = EmbeddingCache(tiny_backbone, tmp_path, progress=False)
+    assert torch.equal(cache.embed(images), first)
+    assert cache.encoder_calls == 0 and tiny_backbone.image_encoder.images == 2  # read back, not recomputed
+    assert "unusable cache entry" not in caplog.text

@@ -12,6 +12,7 @@ import yaml
 
 from blosam_med.cli import main
 from blosam_med.data import load_task
+from blosam_med.inference import preset_options
 from blosam_med.study import load_study, slab_split
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.report import aggregate, paired_differences
@@ -305,8 +306,12 @@ def test_bootstrap_interval_covers_the_mean_and_widens_with_noise():
     assert 0.1 <= lo3 < 0.2 < hi3 <= 0.3
 
 
-def test_rescore_scores_finished_cells_again_with_todays_preset(synthetic_2d, tmp_path):
+def test_rescore_scores_finished_cells_again_with_todays_preset(synthetic_2d, tmp_path, monkeypatch):
     """``--rescore`` re-predicts a trained cell from its adapter with the current task preset, without training."""
+    from blosam_med.study import runner
+
+    used = []
+    monkeypatch.setattr(runner, "preset_options", lambda presets: used.append(presets[0]) or preset_options(presets))
     preset = tmp_path / "lungs.yaml"
     task = load_task("lung_xray").to_dict()
     preset.write_text(yaml.safe_dump({"task": task}))
@@ -319,10 +324,11 @@ def test_rescore_scores_finished_cells_again_with_todays_preset(synthetic_2d, tm
     assert first["inference"]["flips"] == list(task["flips"]) and "rescored" not in first
 
     preset.write_text(yaml.safe_dump({"task": {**task, "flips": ["h", "v"], "refine_boxes": 2, "refine_gate": 0.0}}))
+    used.clear()
     assert main(["study", str(config), "--device", "cpu", "--no-tracking", "--rescore"]) == 0
+    assert [(t.flips, t.refine_boxes, t.refine_gate) for t in used] == [(("h", "v"), 2, 0.0)]  # the predictor's
     again = json.loads((cell / "result.json").read_text())
     assert again["inference"] == {**first["inference"], "flips": ["h", "v"], "refine_boxes": 2, "refine_gate": 0.0}
     assert again["rescored"] and (cell / "train/adapter.pt").stat().st_mtime_ns == adapter  # not retrained
     assert again["train"] == first["train"] and again["cpu_seconds"] == first["cpu_seconds"]
     assert again["mean"]["dice"]["n"] == first["mean"]["dice"]["n"]
-    assert [c["dice"] for c in again["cases"]] != [c["dice"] for c in first["cases"]]  # the new inference scored
