@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from screen_tta import adapter_jobs, dice, print_means  # scripts/ is on the path when a script runs
+from screen_tta import adapter_jobs, dice, print_means, record  # scripts/ is on the path when a script runs
 
 from blosam_med.data import SampleKeys, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
@@ -77,9 +77,7 @@ def main() -> None:
                 chosen = [r if agreement >= gate else lg for (r, agreement), lg in zip(refined, first, strict=True)]
                 scores[f"k{n}@{gate:g}"] = score(chosen, refs, options["postprocess"])
         results[label] = scores
-        for name, v in scores.items():
-            by_method[(task, path.parent.parent.name, name)].append(v)
-        print(label, "  ".join(f"{n} {v:.4f} ({v - scores['none']:+.4f})" for n, v in scores.items()), flush=True)
+        record(by_method, task, path, label, scores)
     print_means(by_method, "setting")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))

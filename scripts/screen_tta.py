@@ -51,6 +51,13 @@ def adapter_jobs(
     return [(t, p) for t, p in jobs if not tasks or t in tasks]
 
 
+def record(by_method: dict, task: str, path: Path, label: str, scores: dict[str, float]) -> None:
+    """Keep one adapter's scores under (task, method, setting) and print them with their change against ``none``."""
+    for name, v in scores.items():
+        by_method[(task, path.parent.parent.name, name)].append(v)
+    print(label, "  ".join(f"{n} {v:.4f} ({v - scores['none']:+.4f})" for n, v in scores.items()), flush=True)
+
+
 def print_means(by_method: dict[tuple[str, str, str], list[float]], what: str) -> None:
     """Per (task, method): each setting's mean Dice over the adapters and its change against ``none``."""
     print(f"\nmean over adapters (task, method): {what} mean Dice (change vs none)")
@@ -121,9 +128,7 @@ def main() -> None:
             scores[name if t == 0.5 else f"{name}@{t}"] = float(np.mean(vals))
         label = f"{task}/{path.parent.parent.parent.name}/{path.parent.parent.name}"
         results[label] = scores
-        for name, v in scores.items():
-            by_method[(task, path.parent.parent.name, name)].append(v)
-        print(label, "  ".join(f"{n} {v:.4f} ({v - scores['none']:+.4f})" for n, v in scores.items()), flush=True)
+        record(by_method, task, path, label, scores)
     print_means(by_method, "candidate")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
