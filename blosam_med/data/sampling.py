@@ -61,7 +61,11 @@ def sample_shots(pool: Sequence[dict], k: int, seed: int, group_key: str = Sampl
 
 
 def split_ab(
-    shots: Sequence[dict], seed: int, fraction_a: float = 0.5, group_key: str = SampleKeys.CASE
+    shots: Sequence[dict],
+    seed: int,
+    fraction_a: float = 0.5,
+    group_key: str = SampleKeys.CASE,
+    fold: int = 0,
 ) -> tuple[list[dict], list[dict]]:
     """Split shots into disjoint, non-empty subsets A (lower level: LoRA) and B (upper level: prompt).
 
@@ -73,17 +77,22 @@ def split_ab(
         seed: seed of the split.
         fraction_a: share of the groups (or shots) in A; A and B each get at least one.
         group_key: item key naming its group.
+        fold: cross-fitting turn: the shuffled groups are rotated by ``fold * |B|`` before the first ``|A|`` go to
+            A, so folds ``0 .. K-1`` (``K`` = groups / ``|B|``, rounded up) give every group a turn in B; fold 0 is
+            the plain split. With ``fraction_a=0.5`` and 4 shots, fold 1 swaps A and B.
 
     Returns:
         (A, B), each in the order of ``shots``; together exactly the shots.
 
     Raises:
-        ValueError: fewer than 2 shots, or ``fraction_a`` outside (0, 1).
+        ValueError: fewer than 2 shots, ``fraction_a`` outside (0, 1), or a negative ``fold``.
     """
     if len(shots) < 2:
         raise ValueError(f"bi-level training needs at least 2 shots to split into A and B, got {len(shots)}")
     if not 0 < fraction_a < 1:
         raise ValueError(f"fraction_a must be in (0, 1), got {fraction_a}")
+    if fold < 0:
+        raise ValueError(f"the A/B fold is a non-negative turn, got {fold}")
     units = [list(g) for g in _groups(shots, group_key).values()]
     if len(units) < 2:
         logger.info(
@@ -95,6 +104,8 @@ def split_ab(
         units = [[i] for i in range(len(shots))]
     random.Random(f"blosam-ab-{seed}").shuffle(units)
     n_a = min(len(units) - 1, max(1, round(fraction_a * len(units))))
+    turn = (fold * (len(units) - n_a)) % len(units)
+    units = units[turn:] + units[:turn]
     in_a = {i for u in units[:n_a] for i in u}
     return [s for i, s in enumerate(shots) if i in in_a], [s for i, s in enumerate(shots) if i not in in_a]
 

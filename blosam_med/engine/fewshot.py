@@ -203,6 +203,7 @@ class FewShotData:
         view_augmentation: the dictionary transform chain (on ``image`` and ``label``) that makes the views, as the
             bundle's ``view_augmentation`` declares it; ``None``: :func:`augmentation`.
         fraction_a: share of the shots in subset A.
+        ab_fold: cross-fitting turn of the A/B split (:func:`blosam_med.data.split_ab`; 0: the plain split).
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
         roles: ``fixed`` or ``alternate`` (see :data:`blosam_med.engine.variants.ROLES`); bi-level only.
         base_dir: folder the datalist paths are relative to.
@@ -219,6 +220,7 @@ class FewShotData:
         views: int,
         fraction_a: float,
         bilevel: bool,
+        ab_fold: int = 0,
         roles: str,
         view_augmentation: Compose | None = None,
         base_dir: str | Path | None = None,
@@ -230,13 +232,15 @@ class FewShotData:
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
         shot_samples = draw_shot_samples(items, task, shots, seed, base_dir)
         if bilevel:
-            a, b = split_ab(shot_samples, seed, fraction_a=fraction_a)
+            a, b = split_ab(shot_samples, seed, fraction_a=fraction_a, fold=ab_fold)
         else:
             a, b = list(shot_samples), []
         self.draw: dict[str, Any] = dict(describe_draw(a, b))
         self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
         if self.roles != "fixed":
             self.draw["roles"] = self.roles
+        if bilevel and ab_fold:
+            self.draw["ab_fold"] = ab_fold
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
         self.validation = Dataset(

@@ -73,6 +73,20 @@ def test_split_needs_two_shots_and_a_valid_fraction():
     assert len(a) == len(b) == 1
 
 
+def test_folds_rotate_the_split_so_every_shot_has_a_turn_in_b():
+    shots = sample_shots(POOL, 4, seed=3)
+    a0, b0 = split_ab(shots, seed=3)
+    assert split_ab(shots, seed=3, fold=0) == (a0, b0)
+    a1, b1 = split_ab(shots, seed=3, fold=1)
+    assert (_ids(a1), _ids(b1)) == (_ids(b0), _ids(a0))  # fraction 0.5: fold 1 swaps the levels
+    turns = [split_ab(shots, seed=3, fraction_a=0.75, fold=k) for k in range(4)]
+    assert all(len(a) == 3 and len(b) == 1 for a, b in turns)
+    assert sorted(_ids(b)[0] for _, b in turns) == sorted(_ids(shots))
+    assert _ids(split_ab(shots, seed=3, fraction_a=0.75, fold=4)[1]) == _ids(turns[0][1])  # K folds, then round again
+    with pytest.raises(ValueError, match="fold"):
+        split_ab(shots, seed=3, fold=-1)
+
+
 def test_describe_draw_is_json_and_exact():
     a, b = split_ab(sample_shots(SLICES, 4, seed=0), seed=0)
     d = json.loads(json.dumps(describe_draw(a, b)))

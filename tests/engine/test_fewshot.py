@@ -136,6 +136,14 @@ def test_subsets_are_disjoint_cached_views_and_validation_is_b(tmp_path, tiny_ba
     assert {d["case"] for d in data.draw["A"]} == cases_a and data.draw["views"] == 1
 
 
+def test_ab_fold_swaps_the_subsets_and_is_recorded(tmp_path, tiny_backbone):
+    items = _items(tmp_path)
+    plain, turned = _fewshot(items, tiny_backbone, views=0), _fewshot(items, tiny_backbone, views=0, ab_fold=1)
+    assert [d["case"] for d in turned.draw["A"]] == [d["case"] for d in plain.draw["B"]]
+    assert [d["case"] for d in turned.draw["B"]] == [d["case"] for d in plain.draw["A"]]
+    assert turned.draw["ab_fold"] == 1 and "ab_fold" not in plain.draw
+
+
 def test_single_level_puts_every_shot_in_a_and_refuses_an_empty_loader(tmp_path, tiny_backbone):
     data = _fewshot(_items(tmp_path), tiny_backbone, bilevel=False, views=0, roles="alternate")
     assert len(data.subset_a) == 4 and len(data.subset_b) == 0
