@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -73,6 +74,11 @@ def infer_ct(volume: Path, engine: str, out: Path, export_dir: str) -> dict:
     if record["status"] != "done":
         raise SystemExit(f"blosam infer --engine {engine}: case {record['case']} {record['status']}: {record['error']}")
     return {"record": record, "wall": wall, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def _nifti(path: str) -> np.ndarray:
+    """The voxels of a NIfTI file the benchmark wrote."""
+    return np.asarray(cast(nib.Nifti1Image, nib.load(path)).dataobj)
 
 
 def read_write_seconds(volume: Path, out: Path) -> tuple[float, float]:
@@ -135,7 +141,7 @@ def benchmark_ct(volume: Path, engines: list[str], rounds: int, work: Path, expo
         for engine in engines:
             runs[engine].append(infer_ct(volume, engine, work / f"{engine}_{r}", export_dir))
             print(f"round {r + 1} {engine}: case {runs[engine][-1]['record']['seconds']:.0f} s", flush=True)
-    labels = {e: np.asarray(nib.load(runs[e][0]["record"]["outputs"]["nifti"]).dataobj) > 0 for e in engines}
+    labels = {e: _nifti(runs[e][0]["record"]["outputs"]["nifti"]) > 0 for e in engines}
     slices = runs[engines[0]][0]["record"]["slices"]
     rate = {e: statistics.median(slices / x["record"]["seconds"] for x in runs[e]) for e in engines}
     print(f"\nblosam infer --task lung_ct on {volume.name} ({slices} slices), median of {rounds} rounds")

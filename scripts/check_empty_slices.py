@@ -54,7 +54,7 @@ def main() -> None:
     }
     cache = EmbeddingCache(models[0].backbone, None, batch_size=1, progress=False, engine=args.engine)
     predictor = Predictor(models, cache, batch_size=1, **preset_options(presets))
-    images = [window(hu) for hu in air.values()]
+    images = [torch.as_tensor(window(hu)) for hu in air.values()]
     masks = predictor.masks(images)
     print(f"2. {args.task} adapter ({cache.engine_name}) on air-only 64x64 slices: foreground pixels without the skip")
     for name, image, mask in zip(air, images, masks, strict=True):

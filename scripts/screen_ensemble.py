@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from screen_tta import dice  # scripts/ is on the path when a script runs
 
-from blosam_med.data import SampleKeys, load_task
+from blosam_med.data import SampleKeys, TaskConfig, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
 from blosam_med.inference.predictor import _mean_logit, binary_masks
 from blosam_med.inference.refine import BoxRefiner
@@ -68,7 +68,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
 
-def score(paths: list[Path], pool: list[dict], preset, cache_dir: str, engine: str) -> dict[str, float]:
+def score(paths: list[Path], pool: list[dict], preset: TaskConfig, cache_dir: str, engine: str) -> dict[str, float]:
     """Mean pool Dice of each member and of their probability-averaged ensemble, with the preset's inference."""
     models, _, _ = load_adapters(paths)
     options = preset_options([preset] * len(models))
@@ -83,7 +83,7 @@ def score(paths: list[Path], pool: list[dict], preset, cache_dir: str, engine: s
         per = list(logits) + [_mean_logit(list(logits))]
         embedding = cache.embed([image]) if refiner else None
         for name, lg in zip(names, per, strict=True):
-            lg = refiner(embedding, lg) if refiner else lg
+            lg = refiner(embedding, lg) if refiner is not None and embedding is not None else lg
             found[name].append(dice(binary_masks(lg[None], options["postprocess"][:1])[0].numpy() > 0, ref))
     return {n: float(np.mean(v)) for n, v in found.items()}
 

@@ -27,7 +27,12 @@ from blosam_med.study.config import StudyConfig, load_study
 from blosam_med.study.runner import eval_samples
 
 FLIPS = {"h": (-1,), "v": (-2,)}
-CANDIDATES = {"none": [()], "h": [(), (-1,)], "v": [(), (-2,)], "hv": [(), (-1,), (-2,)]}  # as Predictor(flips=..)
+CANDIDATES: dict[str, list[tuple[int, ...]]] = {
+    "none": [()],
+    "h": [(), (-1,)],
+    "v": [(), (-2,)],
+    "hv": [(), (-1,), (-2,)],
+}  # as Predictor(flips=..)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
