@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--ensemble", action="append", required=True, help="name=method+method[+...] (study methods)")
     parser.add_argument("--tasks", nargs="*")
+    parser.add_argument("--draws", nargs="*", help="only these draws (k<shots>_s<seed> folders)")
     parser.add_argument("--engine", default="torch", help="encoder engine (the study's)")
     parser.add_argument("--out", help="write the per-draw scores to this JSON file")
     args = parser.parse_args()
@@ -47,6 +48,8 @@ def main() -> None:
         preset = load_task(config.tasks[task]["preset"])
         pool: list[dict] = []
         for draw in sorted((config.output_dir / "cells" / task).glob("k*_s*")):
+            if args.draws and draw.name not in args.draws:
+                continue
             for name, members in ensembles.items():
                 paths = [draw / m / "train" / "adapter.pt" for m in members]
                 if not all(p.is_file() for p in paths):
