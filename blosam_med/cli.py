@@ -160,6 +160,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=d("bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration", "roles"),
     )
     p.add_argument("--iterations", type=int, default=given, help=d("training iterations", "iterations"))
+    p.add_argument(
+        "--cross-fit",
+        type=int,
+        default=1,
+        metavar="K",
+        help="A/B cross-fitting (with --method blosam): K bi-level runs with the A/B split turned, in --out/fold<k>, "
+        "averaged into one adapter.pt (K times the training time; default 1: one run)",
+    )
     p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
     p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))
     p.add_argument(
@@ -191,13 +199,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from blosam_med.config_keys import bundle_ids, suggest
     from blosam_med.data import open_datalist
     from blosam_med.io import check_output_folder
-    from blosam_med.workflow import run_training, training_configs
+    from blosam_med.workflow import run_cross_fit, run_training, training_configs
 
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
     check_output_folder(args.out)
+    if args.cross_fit < 1 or (args.cross_fit > 1 and getattr(args, "method", None) != "blosam"):
+        raise CLIError(f"--cross-fit {args.cross_fit}: give 1 (one run), or 2 or more folds with --method blosam")
     if data.is_file():
         open_datalist(None, data)  # a malformed datalist is refused before the run folder is made
     override = {
@@ -217,7 +227,10 @@ def _run_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--set {key}: no such key in {', '.join(p.name for p in configs)}; {suggest(key, known)}")
         override[key] = yaml.safe_load(value)
     tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
-    run_training(args.task, override, distributed=args.distributed, tracking=tracking)
+    if args.cross_fit > 1:
+        run_cross_fit(args.task, override, args.cross_fit, distributed=args.distributed, tracking=tracking)
+    else:
+        run_training(args.task, override, distributed=args.distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) == 0:
         print(Path(args.out) / "adapter.pt")
     return 0

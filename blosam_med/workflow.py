@@ -7,6 +7,7 @@ cheaply.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from monai.bundle import ConfigWorkflow
 
-__all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_training", "training_configs"]
+__all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_cross_fit", "run_training", "training_configs"]
 
 #: The bundle shipped with the package (a link to ``bundles/blosam`` in a source checkout).
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
@@ -77,3 +78,67 @@ def run_training(
     workflow.run()
     workflow.finalize()
     return workflow
+
+
+def run_cross_fit(
+    task: str | Path,
+    overrides: Mapping[str, Any],
+    folds: int,
+    *,
+    distributed: bool = False,
+    tracking: str | None = None,
+) -> Path:
+    """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
+    (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
+    then their ensemble (mean probability) in ``<output_dir>/adapter.pt`` and ``<output_dir>/metrics.json``, whose
+    ``validation`` is the mean of the folds' out-of-fold Dice on B.
+
+    ``overrides`` are :func:`run_training`'s and must include ``output_dir`` and ``method: blosam``. With
+    ``resume``, folds that already wrote their adapter are kept. Returns the ensemble adapter's path.
+
+    Raises:
+        ValueError: fewer than two folds, or a single-level method (it has no A/B split to turn).
+        OutputExistsError: ``<output_dir>/adapter.pt`` exists, without ``resume`` or ``overwrite``.
+    """
+    from blosam_med.engine import check_output_dir
+    from blosam_med.io import write_json
+    from blosam_med.model import merge_adapters, read_adapter
+
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    if overrides.get("method") != "blosam":
+        raise ValueError(
+            f"cross-fitting turns the A/B split of the bi-level method; pass method blosam (got "
+            f"{overrides.get('method', 'the default, single')})"
+        )
+    resume, overwrite = bool(overrides.get("resume")), bool(overrides.get("overwrite"))
+    out = check_output_dir(overrides["output_dir"], resume=resume, overwrite=overwrite)
+    records = []
+    for k in range(folds):
+        fold = out / f"fold{k}"
+        if not (resume and (fold / "adapter.pt").is_file() and (fold / "metrics.json").is_file()):
+            fold_overrides = {"fraction_a": 1 - 1 / folds, **overrides, "output_dir": str(fold), "ab_fold": k}
+            run_training(task, fold_overrides, distributed=distributed, tracking=tracking)
+        records.append(json.loads((fold / "metrics.json").read_text()))
+    validation = {
+        name: sum(r["validation"][name] for r in records) / folds
+        for name in records[0]["validation"]
+        if all(name in r["validation"] for r in records)
+    }
+    first = json.loads(json.dumps(records[0]))  # the draw and params of fold 0, with the ensemble's own figures
+    metrics = {
+        "cross_fit": folds,
+        "iterations": sum(r["iterations"] for r in records),
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
+        "validation": validation,
+        "draw": first["draw"],
+        "params": {**first["params"], "cross_fit": folds},
+        "folds": [{k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r} for r in records],
+    }
+    extra = read_adapter(out / "fold0" / "adapter.pt")["extra"]
+    extra = {**extra, "params": metrics["params"], "cross_fit": {"folds": folds, "validation": validation}}
+    adapter = merge_adapters(
+        [out / f"fold{k}" / "adapter.pt" for k in range(folds)], out / "adapter.pt", extra=extra, overwrite=True
+    )
+    write_json(out / "metrics.json", metrics, overwrite=True)
+    return adapter

@@ -23,9 +23,9 @@ from screen_tta import dice  # scripts/ is on the path when a script runs
 
 from blosam_med.data import SampleKeys, TaskConfig, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
-from blosam_med.inference.predictor import _mean_logit, binary_masks
+from blosam_med.inference.predictor import binary_masks
 from blosam_med.inference.refine import BoxRefiner
-from blosam_med.model import EmbeddingCache
+from blosam_med.model import EmbeddingCache, mean_probability_logit
 from blosam_med.study.config import load_study
 from blosam_med.study.runner import eval_samples
 
@@ -83,7 +83,7 @@ def score(paths: list[Path], pool: list[dict], preset: TaskConfig, cache_dir: st
     for sample in pool:
         image, ref = sample[SampleKeys.IMAGE], sample[SampleKeys.LABEL][0].numpy() > 0
         logits = predictor.logits([image])[0]  # (members, H, W), flips averaged per member
-        per = list(logits) + [_mean_logit(list(logits))]
+        per = list(logits) + [mean_probability_logit(list(logits))]
         embedding = cache.embed([image]) if refiner else None
         for name, lg in zip(names, per, strict=True):
             lg = refiner(embedding, lg) if refiner is not None and embedding is not None else lg

@@ -16,9 +16,9 @@ from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.io import write_json
 from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
-from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.ensemble import PromptFreeModel
 from blosam_med.tracking import log_evaluation
 
 __all__ = ["evaluate_adapter", "score_predictions", "group_volumes"]
@@ -116,7 +116,7 @@ def evaluate_adapter(
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
     out: str | Path | None = None,
     overwrite: bool = False,
-    model: BloSam | None = None,
+    model: PromptFreeModel | None = None,
     tracking_uri: str | None = None,
     experiment_name: str | None = None,
     run_name: str | None = None,

@@ -39,8 +39,8 @@ from blosam_med.inference.writers import (
 )
 from blosam_med.io import check_writable
 from blosam_med.model.backbones import Backbone, build_backbone
-from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter, read_adapter
+from blosam_med.model.ensemble import PromptFreeModel
 
 __all__ = [
     "CasePrediction",
@@ -113,7 +113,7 @@ def _label_map(masks: torch.Tensor) -> np.ndarray:
 
 def load_adapters(
     paths: Sequence[str | Path], checkpoint: str | Path | None = None
-) -> tuple[list[BloSam], TaskConfig, list[TaskConfig]]:
+) -> tuple[list[PromptFreeModel], TaskConfig, list[TaskConfig]]:
     """Load adapters that share one backbone (built once) and one input preparation (window, channels).
 
     Returns the models, the (first adapter's) task preset that prepares the inputs, and every adapter's own task

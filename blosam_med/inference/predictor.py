@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from blosam_med.data.tasks import FLIPS, TaskConfig
 from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.refine import BoxRefiner
-from blosam_med.model.blosam import BloSam
 from blosam_med.model.embedding_cache import EmbeddingCache, autocast
+from blosam_med.model.ensemble import PromptFreeModel, mean_probability_logit
 
 __all__ = ["Predictor", "binary_masks", "default_batch_size", "preset_options"]
 
@@ -26,7 +26,8 @@ class Predictor:
     """Masks at the original image size for images in [0, 1].
 
     Args:
-        models: trained models of one backbone (e.g. two structures on one CT); the encoder runs once per image.
+        models: trained models (or cross-fitted ensembles) of one backbone, e.g. two structures on one CT; the
+            encoder runs once per image.
         cache: embedding cache to read and fill; ``None`` encodes in memory without keeping anything.
         device: where the decoders run.
         batch_size: images per decoder call.
@@ -45,7 +46,7 @@ class Predictor:
 
     def __init__(
         self,
-        models: Sequence[BloSam],
+        models: Sequence[PromptFreeModel],
         cache: EmbeddingCache | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 8,
@@ -110,7 +111,7 @@ class Predictor:
                         lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
                         found[i][j].append(lg.flip(dims) if dims else lg)
             for j in range(len(chunk)):
-                per_image = [_mean_logit(found[i][j]) for i in range(len(self.models))]
+                per_image = [mean_probability_logit(found[i][j]) for i in range(len(self.models))]
                 with autocast(self.device, self.amp_dtype):
                     per_image = [
                         r(plain[j : j + 1], lg).float() if r is not None else lg
@@ -122,13 +123,6 @@ class Predictor:
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per image a (n_models, H, W) uint8 mask (logit > 0, then each model's post-processing)."""
         return [binary_masks(lg, self.postprocess) for lg in self.logits(images)]
-
-
-def _mean_logit(logits: list[torch.Tensor]) -> torch.Tensor:
-    """One pass: its logits unchanged; several: the logit of their mean probability."""
-    if len(logits) == 1:
-        return logits[0]
-    return torch.logit(torch.stack(logits).sigmoid().mean(0), eps=1e-6)
 
 
 class PresetOptions(TypedDict):

@@ -15,11 +15,13 @@ from blosam_med.model.backbones import (
     load_state_dict_checked,
 )
 from blosam_med.model.blosam import PROMPT_PARAMETER, BloSam, PromptFreeDecoder
-from blosam_med.model.checkpoint import BackboneMismatchError, load_adapter, read_adapter, save_adapter
+from blosam_med.model.checkpoint import BackboneMismatchError, load_adapter, merge_adapters, read_adapter, save_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.ensemble import AdapterEnsemble, PromptFreeModel, mean_probability_logit
 from blosam_med.model.preprocess import postprocess_logits, preprocess_batch, preprocess_image, resized_shape
 
 __all__ = [
+    "AdapterEnsemble",
     "BACKBONES",
     "Backbone",
     "BackboneMismatchError",
@@ -30,6 +32,7 @@ __all__ = [
     "LORA_TARGET",
     "LoraSettings",
     "PROMPT_PARAMETER",
+    "PromptFreeModel",
     "Preprocessing",
     "PromptFreeDecoder",
     "build_backbone",
@@ -39,6 +42,8 @@ __all__ = [
     "inject_lora",
     "load_adapter",
     "load_state_dict_checked",
+    "mean_probability_logit",
+    "merge_adapters",
     "postprocess_logits",
     "preprocess_batch",
     "preprocess_image",

@@ -13,8 +13,17 @@ from blosam_med.io import atomic_write
 from blosam_med.model.adapter import LoraSettings
 from blosam_med.model.backbones import Backbone, Preprocessing, build_backbone
 from blosam_med.model.blosam import BloSam
+from blosam_med.model.ensemble import AdapterEnsemble, PromptFreeModel
 
-__all__ = ["ADAPTER_FORMAT", "save_adapter", "safe_load", "read_adapter", "load_adapter", "BackboneMismatchError"]
+__all__ = [
+    "ADAPTER_FORMAT",
+    "save_adapter",
+    "safe_load",
+    "read_adapter",
+    "load_adapter",
+    "merge_adapters",
+    "BackboneMismatchError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -25,19 +34,44 @@ class BackboneMismatchError(ValueError):
     """An adapter was loaded into a backbone other than the one it was trained on."""
 
 
+#: What describes a trained model besides its tensors; the members of an ensemble must agree on all of it.
+_DESCRIPTION = (
+    "backbone",
+    "backbone_fingerprint",
+    "preprocessing",
+    "embedding_shape",
+    "lora",
+    "train_heads",
+    "prompt_init",
+)
+
+
 def save_adapter(
-    model: BloSam, path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False
+    model: PromptFreeModel, path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False
 ) -> Path:
     """Write the trained tensors and the model description to ``path`` atomically.
 
+    An :class:`AdapterEnsemble` is written as one file whose ``"members"`` list holds each member's trained tensors
+    in place of ``"state_dict"``.
+
     Args:
-        model: the trained model.
+        model: the trained model or cross-fitted ensemble.
         path: output file (conventionally ``adapter.pt``).
         extra: JSON-like metadata stored under ``"extra"`` (task preset, shots, A/B draw, metrics...).
         overwrite: replace an existing file.
     """
-    payload = {
-        "format": ADAPTER_FORMAT,
+    members = list(model.members) if isinstance(model, AdapterEnsemble) else [model]
+    described = [_describe(m) for m in members]
+    if any(d != described[0] for d in described):
+        raise ValueError(f"{path}: ensemble members differ in their description: {described}")
+    states = [m.trainable_state_dict() for m in members]
+    tensors = {"members": states} if isinstance(model, AdapterEnsemble) else {"state_dict": states[0]}
+    payload = {"format": ADAPTER_FORMAT, **described[0], **tensors, "extra": extra or {}}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+
+
+def _describe(model: BloSam) -> dict[str, Any]:
+    return {
         "backbone": model.backbone_name,
         "backbone_fingerprint": model.backbone_fingerprint,
         "preprocessing": model.preprocessing.to_dict(),
@@ -45,10 +79,31 @@ def save_adapter(
         "lora": model.lora.to_dict(),
         "train_heads": model.train_heads,
         "prompt_init": model.prompt_init,
-        "state_dict": model.trainable_state_dict(),
-        "extra": extra or {},
     }
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+
+
+def merge_adapters(
+    paths: list[str | Path], path: str | Path, *, extra: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
+    """Write the adapters in ``paths`` (trained on one backbone with one description) as one ensemble file.
+
+    Each input may itself be an ensemble; its members are taken in order. ``extra`` defaults to the first file's.
+
+    Raises:
+        ValueError: fewer than two members, or files that differ in backbone, preprocessing, LoRA settings,
+            trained heads or prompt start, naming the files.
+    """
+    payloads = [read_adapter(p) for p in paths]
+    first = {k: payloads[0].get(k) for k in _DESCRIPTION}
+    for p, payload in zip(paths[1:], payloads[1:], strict=True):
+        differ = [k for k in _DESCRIPTION if payload.get(k) != first[k]]
+        if differ:
+            raise ValueError(f"{p}: cannot be averaged with {paths[0]}: they differ in {', '.join(differ)}")
+    members = [s for payload in payloads for s in payload.get("members", [payload.get("state_dict")])]
+    if len(members) < 2:
+        raise ValueError(f"{', '.join(map(str, paths))}: an ensemble needs at least two members, got {len(members)}")
+    merged = {"format": ADAPTER_FORMAT, **first, "members": members, "extra": extra or payloads[0].get("extra", {})}
+    return atomic_write(path, lambda tmp: torch.save(merged, tmp), overwrite=overwrite)
 
 
 def safe_load(path: str | Path, what: str, advice: str = "") -> Any:
@@ -91,8 +146,8 @@ def read_adapter(path: str | Path) -> dict[str, Any]:
 
 def load_adapter(
     path: str | Path, backbone: Backbone | None = None, *, checkpoint: str | Path | None = None
-) -> tuple[BloSam, dict[str, Any]]:
-    """Rebuild a trained BLO-SAM model from an adapter file.
+) -> tuple[PromptFreeModel, dict[str, Any]]:
+    """Rebuild a trained BLO-SAM model (or a cross-fitted :class:`AdapterEnsemble`) from an adapter file.
 
     Args:
         path: adapter file written by :func:`save_adapter`.
@@ -129,14 +184,19 @@ def load_adapter(
             f"{path}: adapter preprocessing {payload['preprocessing']} differs from the "
             f"backbone's {backbone.preprocessing.to_dict()}"
         )
-    model = BloSam(
-        backbone,
-        LoraSettings(**payload["lora"]),
-        train_heads=bool(payload["train_heads"]),
-        prompt_init=payload.get("prompt_init", "no_mask"),  # adapters written before prompt_init existed
-    )
-    try:
-        model.load_trainable_state_dict(payload["state_dict"], str(path))
-    except ValueError as err:
-        raise BackboneMismatchError(str(err)) from err
-    return model.eval(), payload.get("extra", {})
+    states = payload["members"] if "members" in payload else [payload["state_dict"]]
+    members = []
+    for i, state in enumerate(states):
+        model = BloSam(
+            backbone,
+            LoraSettings(**payload["lora"]),
+            train_heads=bool(payload["train_heads"]),
+            prompt_init=payload.get("prompt_init", "no_mask"),  # adapters written before prompt_init existed
+        )
+        try:
+            model.load_trainable_state_dict(state, f"{path}, member {i}" if "members" in payload else str(path))
+        except ValueError as err:
+            raise BackboneMismatchError(str(err)) from err
+        members.append(model)
+    out: PromptFreeModel = AdapterEnsemble(members) if "members" in payload else members[0]
+    return out.eval(), payload.get("extra", {})

@@ -107,13 +107,14 @@ class StudyConfig:
 #: Keys of a ``study.tasks.<task>`` entry (``eval``: a folder of evaluation pairs) and of its ``split``.
 TASK_KEYS = ("data", "preset", "split", "eval")
 SPLIT_KEYS = ("test_slab", "gap")
-#: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides), a ``unet`` its network options.
+#: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides) and ``cross_fit`` (folds of
+#: :func:`blosam_med.workflow.run_cross_fit`, with ``set: {method: blosam}``), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
 
 
 def _method_keys(kind: str) -> set[str]:
     if kind == "bundle":
-        return {*METHOD_KEYS, "set"}
+        return {*METHOD_KEYS, "set", "cross_fit"}
     if kind == "unet":
         from blosam_med.study.baselines import UNetBaseline
 
@@ -188,6 +189,16 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         spec.pop("kind")
         if kind == "bundle":
             check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
+            folds = spec.get("cross_fit", 1)
+            if (
+                not isinstance(folds, int)
+                or folds < 1
+                or (folds > 1 and (spec.get("set") or {}).get("method") != "blosam")
+            ):
+                raise ValueError(
+                    f"{path}: study.methods.{name}.cross_fit must be 1, or 2 or more folds with set.method blosam; "
+                    f"got {folds!r}"
+                )
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))

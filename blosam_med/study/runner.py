@@ -20,11 +20,11 @@ from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.evaluate import score_predictions
 from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.io import write_json
-from blosam_med.model import BloSam, EmbeddingCache, build_backbone, default_cache_dir, load_adapter
+from blosam_med.model import BloSam, EmbeddingCache, PromptFreeModel, build_backbone, default_cache_dir, load_adapter
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.tracking import StudyTracker
-from blosam_med.workflow import run_training
+from blosam_med.workflow import run_cross_fit, run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
 
@@ -150,8 +150,9 @@ def _key(sample: dict) -> tuple[str, Any]:
     return sample[SampleKeys.IMAGE_PATH], sample.get(SampleKeys.SLICE)
 
 
-def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, dict[str, Any]]:
-    """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs)."""
+def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFreeModel, dict[str, Any]]:
+    """One training run of the bundle's train.yaml (exactly what ``blosam train`` runs), or with the method's
+    ``cross_fit`` its folds and their ensemble (``blosam train --cross-fit``)."""
     config = ctx.config
     override = {
         "dataset_dir": None,
@@ -166,13 +167,16 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[BloSam, 
         **config.train,
         **cell.method.options.get("set", {}),
     }
-    workflow = run_training(config.tasks[cell.task]["preset"], override)
-    network = workflow.parser.get_parsed_content("network")
+    preset, folds = config.tasks[cell.task]["preset"], int(cell.method.options.get("cross_fit", 1))
+    if folds > 1:
+        network, _ = load_adapter(run_cross_fit(preset, override, folds), ctx.backbone)
+    else:
+        network = run_training(preset, override).parser.get_parsed_content("network")
     return network, json.loads((folder / "metrics.json").read_text())
 
 
 def run_cell(
-    ctx: StudyContext, cell: Cell, folder: Path, trained: tuple[BloSam, dict[str, Any]] | None = None
+    ctx: StudyContext, cell: Cell, folder: Path, trained: tuple[PromptFreeModel, dict[str, Any]] | None = None
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """Train (when the method trains) and score one cell on the task's test split, and on the development
     samples that are not among its shots (``result["dev"]``); returns the result and the test masks.
@@ -237,6 +241,21 @@ def _save_preview(ctx: StudyContext, cell: Cell, folder: Path, masks: list[torch
     np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
 
 
+def _finished_training(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFreeModel, dict[str, Any]] | None:
+    """A bundle cell without a result whose training finished (``train/metrics.json`` is written after the adapter,
+    for a cross-fit after the ensemble): its model and training record, so that only the scoring runs again."""
+    train = folder / "train"
+    if cell.method.kind != "bundle" or not (train / "metrics.json").is_file() or not (train / "adapter.pt").is_file():
+        return None
+    ctx.setup(cell.task)
+    try:
+        network, _ = load_adapter(train / "adapter.pt", ctx.backbone)
+        return network, json.loads((train / "metrics.json").read_text())
+    except ValueError as err:  # unreadable: train again
+        logger.warning("study %s: cell %s: %s; training again", ctx.config.name, cell.id, err)
+        return None
+
+
 def _rescore_cell(ctx: StudyContext, cell: Cell, folder: Path) -> None:
     """Score a finished bundle cell again from its saved adapter (see ``run_study(rescore=True)``)."""
     ctx.setup(cell.task)
@@ -270,7 +289,8 @@ def run_study(
     report uses the same inference; their training record and time are kept (``result["rescored"]`` says when).
 
     A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
-    cleared and the cell rerun. A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
+    cleared and the cell rerun, except a bundle cell whose training finished (``train/metrics.json``): it is only
+    scored (``result["scored_after_training"]``). A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
     on. Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
     """
     from blosam_med.study.report import write_report
@@ -293,13 +313,14 @@ def run_study(
             else:
                 summary["skipped"].append(cell.id)
             continue
-        if folder.exists():
+        trained = _finished_training(ctx, cell, folder)
+        if folder.exists() and trained is None:
             shutil.rmtree(folder)  # a cell killed halfway: its partial outputs are ours, start it again
-        folder.mkdir(parents=True)
-        logger.info("study %s: cell %s", config.name, cell.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        logger.info("study %s: cell %s%s", config.name, cell.id, " (trained before: scoring)" if trained else "")
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            result, masks = run_cell(ctx, cell, folder)
+            result, masks = run_cell(ctx, cell, folder, trained=trained)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # one failed cell must not lose the others
@@ -321,6 +342,8 @@ def run_study(
             wall_seconds=round(time.perf_counter() - wall, 2),
             cpu_seconds=round(time.process_time() - cpu, 2),
         )
+        if trained is not None:  # these seconds are the scoring's; the training's are train.train_seconds
+            result["scored_after_training"] = True
         write_json(folder / RESULT_FILE, result, overwrite=True)
         summary["done"].append(cell.id)
         if tracker:

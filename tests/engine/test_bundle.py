@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from blosam_med.cli import main
@@ -102,3 +103,36 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     mean = json.loads(result.read_text())["mean"]
     assert metrics["test_dice"] == mean["dice"]["mean"] and metrics["test_hd95_mm"] == mean["hd95"]["mean"]
     assert "test_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
+    out = tmp_path / "cf"
+    assert _train(synthetic_2d, out, "--iterations", "4", "--method", "blosam", "--cross-fit", "2") == 0
+    draws = [json.loads((out / f"fold{k}" / "draw.json").read_text()) for k in (0, 1)]
+    cases = [{h: {d["case"] for d in draw[h]} for h in ("A", "B")} for draw in draws]
+    assert cases[1]["A"] == cases[0]["B"] and cases[1]["B"] == cases[0]["A"]  # every shot trains both levels
+    from blosam_med.model import AdapterEnsemble, load_adapter
+
+    model, extra = load_adapter(out / "adapter.pt")
+    assert isinstance(model, AdapterEnsemble) and len(model) == 2
+    folds = [load_adapter(out / f"fold{k}" / "adapter.pt", model.backbone)[0] for k in (0, 1)]
+    for member, fold in zip(model.members, folds, strict=True):
+        assert all(torch.equal(member.trainable_state_dict()[n], t) for n, t in fold.trainable_state_dict().items())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cross_fit"] == 2 and metrics["iterations"] == 8 and extra["cross_fit"]["folds"] == 2
+    for name, value in metrics["validation"].items():  # the out-of-fold validation Dice, averaged
+        assert value == pytest.approx(sum(f["validation"][name] for f in metrics["folds"]) / 2)
+    # the one file is what evaluate takes
+    result = tmp_path / "test.json"
+    args = ["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert json.loads(result.read_text())["mean"]["dice"]["n"] == 2
+    capsys.readouterr()
+    assert _train(synthetic_2d, out, "--iterations", "4", "--method", "blosam", "--cross-fit", "2") == 2
+    assert "already there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--cross-fit", "2"], ["--cross-fit", "0", "--method", "blosam"]])
+def test_cross_fit_needs_the_bilevel_method_and_folds(synthetic_2d, tmp_path, capsys, extra):
+    assert _train(synthetic_2d, tmp_path / "cf", "--iterations", "4", *extra) == 2
+    assert "--cross-fit" in capsys.readouterr().err and not (tmp_path / "cf").exists()

@@ -276,6 +276,39 @@ def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
         load_study(_config(tmp_path, synthetic_2d, methods))
 
 
+def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, tmp_path):
+    methods = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "blosam"}}}
+    assert (
+        main(["study", str(_config(tmp_path, synthetic_2d, methods, seeds=[0])), "--device", "cpu", "--no-tracking"])
+        == 0
+    )
+    train = tmp_path / "study/cells/lung_xray/k2_s0/cf/train"
+    assert (train / "fold0/adapter.pt").is_file() and (train / "fold1/adapter.pt").is_file()
+    result = json.loads((train.parent / "result.json").read_text())
+    assert result["train"]["cross_fit"] == 2 and result["mean"]["dice"]["n"] > 0
+    assert len(torch.load(train / "adapter.pt", weights_only=True)["members"]) == 2
+    bad = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "single"}}}
+    with pytest.raises(ValueError, match=r"study.methods.cf.cross_fit must be 1, or 2 or more folds with set.method"):
+        load_study(_config(tmp_path, synthetic_2d, bad))
+
+
+def test_a_cell_cut_after_training_is_only_scored_again(synthetic_2d, tmp_path):
+    config = _config(tmp_path, synthetic_2d, {"single": METHODS["single"]}, seeds=[0])
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    cell = tmp_path / "study/cells/lung_xray/k2_s0/single"
+    first = json.loads((cell / "result.json").read_text())
+    adapter = (cell / "train/adapter.pt").read_bytes()
+    (cell / "result.json").unlink()  # killed while scoring
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    again = json.loads((cell / "result.json").read_text())
+    assert (cell / "train/adapter.pt").read_bytes() == adapter  # not trained again
+    assert again["scored_after_training"] and again["mean"] == first["mean"] and again["train"] == first["train"]
+    (cell / "result.json").unlink()
+    (cell / "train/adapter.pt").write_bytes(b"cut")  # an unreadable adapter: the cell trains again
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    assert "scored_after_training" not in json.loads((cell / "result.json").read_text())
+
+
 def test_cells_are_scored_on_the_evaluation_pool(synthetic_2d, tmp_path):
     n_pairs = len(list((synthetic_2d / "images").iterdir()))
     methods = {"single": METHODS["single"]}
