@@ -94,7 +94,8 @@ def run_cross_fit(
     ``validation`` is the mean of the folds' out-of-fold Dice on B.
 
     ``overrides`` are :func:`run_training`'s and must include ``output_dir`` and ``method: blosam``. With
-    ``resume``, folds that already wrote their adapter are kept. Returns the ensemble adapter's path.
+    ``resume``, folds that already wrote their adapter are kept, a fold with checkpoints continues from them and
+    the others start. Returns the ensemble adapter's path.
 
     Raises:
         ValueError: fewer than two folds, or a single-level method (it has no A/B split to turn).
@@ -117,8 +118,9 @@ def run_cross_fit(
     for k in range(folds):
         fold = out / f"fold{k}"
         if not (resume and (fold / "adapter.pt").is_file() and (fold / "metrics.json").is_file()):
+            started = resume and any((fold / "checkpoints").glob("*.pt"))  # else this fold starts fresh
             fold_overrides = {"fraction_a": 1 - 1 / folds, **overrides, "output_dir": str(fold), "ab_fold": k}
-            run_training(task, fold_overrides, distributed=distributed, tracking=tracking)
+            run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
         records.append(json.loads((fold / "metrics.json").read_text()))
     validation = {
         name: sum(r["validation"][name] for r in records) / folds

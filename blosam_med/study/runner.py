@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -168,8 +167,8 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
         **cell.method.options.get("set", {}),
     }
     preset, folds = config.tasks[cell.task]["preset"], int(cell.method.options.get("cross_fit", 1))
-    if folds > 1:
-        network, _ = load_adapter(run_cross_fit(preset, override, folds), ctx.backbone)
+    if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
+        network, _ = load_adapter(run_cross_fit(preset, {**override, "resume": True}, folds), ctx.backbone)
     else:
         network = run_training(preset, override).parser.get_parsed_content("network")
     return network, json.loads((folder / "metrics.json").read_text())
@@ -239,6 +238,22 @@ def _save_preview(ctx: StudyContext, cell: Cell, folder: Path, masks: list[torch
     """The test masks the report's overlays show."""
     preview = ctx.preview_indices(cell.task)
     np.savez_compressed(folder / "preview.npz", **{f"m{i}": masks[i][0].numpy() for i in preview})  # type: ignore[arg-type]
+
+
+def _clear_unfinished(folder: Path) -> None:
+    """Remove a cut cell's outputs except the cross-fit folds that finished (``train/fold<k>`` with an adapter and
+    ``metrics.json``), which :func:`blosam_med.workflow.run_cross_fit` keeps when resuming."""
+    keep = [
+        f for f in (folder / "train").glob("fold*") if (f / "adapter.pt").is_file() and (f / "metrics.json").is_file()
+    ]
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if not any(path == k or k in path.parents or path in k.parents for k in keep):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+    if keep:
+        logger.info("%s: keeping the finished folds %s", folder, ", ".join(k.name for k in sorted(keep)))
 
 
 def _finished_training(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFreeModel, dict[str, Any]] | None:
@@ -315,7 +330,7 @@ def run_study(
             continue
         trained = _finished_training(ctx, cell, folder)
         if folder.exists() and trained is None:
-            shutil.rmtree(folder)  # a cell killed halfway: its partial outputs are ours, start it again
+            _clear_unfinished(folder)  # a cell killed halfway: its partial outputs are ours, start it again
         folder.mkdir(parents=True, exist_ok=True)
         logger.info("study %s: cell %s%s", config.name, cell.id, " (trained before: scoring)" if trained else "")
         wall, cpu = time.perf_counter(), time.process_time()

@@ -287,6 +287,16 @@ def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, t
     result = json.loads((train.parent / "result.json").read_text())
     assert result["train"]["cross_fit"] == 2 and result["mean"]["dice"]["n"] > 0
     assert len(torch.load(train / "adapter.pt", weights_only=True)["members"]) == 2
+    # cut while training fold 1: fold 0 is kept, fold 1 and the ensemble are made again
+    fold0 = (train / "fold0/adapter.pt").read_bytes()
+    for name in ("result.json", "train/metrics.json", "train/adapter.pt", "train/fold1/metrics.json"):
+        (train.parent / name).unlink()
+    assert (
+        main(["study", str(_config(tmp_path, synthetic_2d, methods, seeds=[0])), "--device", "cpu", "--no-tracking"])
+        == 0
+    )
+    assert (train / "fold0/adapter.pt").read_bytes() == fold0
+    assert (train / "fold1/metrics.json").is_file() and (train.parent / "result.json").is_file()
     bad = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "single"}}}
     with pytest.raises(ValueError, match=r"study.methods.cf.cross_fit must be 1, or 2 or more folds with set.method"):
         load_study(_config(tmp_path, synthetic_2d, bad))
