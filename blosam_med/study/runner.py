@@ -16,8 +16,9 @@ import torch
 from blosam_med.data import INFERENCE_KEYS, TaskConfig, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import draw_shot_samples
+from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.evaluate import score_predictions
-from blosam_med.inference.predictor import Predictor, preset_options
+from blosam_med.inference.predictor import Predictor, binary_masks, preset_options
 from blosam_med.io import write_json
 from blosam_med.model import BloSam, EmbeddingCache, PromptFreeModel, build_backbone, default_cache_dir, load_adapter
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
@@ -208,10 +209,12 @@ def run_cell(
         predict = lambda xs: unet.masks([s[SampleKeys.IMAGE] for s in xs])
     else:
         network, extra["train"] = trained or _train_bundle(ctx, cell, folder / "train")
-        # what `blosam infer` applies: the preset's post-processing, test-time flips and box refinement
-        predictor = Predictor([network], ctx.cache, ctx.device, 1, **preset_options([task]))
+        # what `blosam infer` and `blosam evaluate` apply: the preset's post-processing, test-time flips, box
+        # refinement and empty slices (empty_below)
+        options = preset_options([task])
+        predictor = Predictor([network], ctx.cache, ctx.device, 1, **options)
         extra["inference"] = {k: task.to_dict()[k] for k in INFERENCE_KEYS}
-        predict = lambda xs: [m[:1] for m in predictor.masks([s[SampleKeys.IMAGE] for s in xs])]
+        predict = lambda xs: [binary_masks(lg, options["postprocess"]) for lg in predict_logits(predictor, xs, task)]
     masks = predict(samples)
     result = {**score_predictions(samples, masks), **extra}
     pool = ctx.eval_samples[cell.task]

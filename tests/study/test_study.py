@@ -319,6 +319,23 @@ def test_a_cell_cut_after_training_is_only_scored_again(synthetic_2d, tmp_path):
     assert "scored_after_training" not in json.loads((cell / "result.json").read_text())
 
 
+def test_study_predicts_empty_the_slices_the_preset_calls_empty(synthetic_2d, tmp_path, monkeypatch):
+    from blosam_med.inference import empty_slices
+
+    asked = []
+
+    def every_slice_empty(samples, task):  # as if every sample were an air-only slice under empty_below
+        asked.append(task.name)
+        return [True] * len(samples)
+
+    monkeypatch.setattr(empty_slices, "empty_slices", every_slice_empty)
+    config = _config(tmp_path, synthetic_2d, {"single": METHODS["single"]}, seeds=[0])
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    result = json.loads((tmp_path / "study/cells/lung_xray/k2_s0/single/result.json").read_text())
+    assert asked and set(asked) == {"lung_xray"}  # the cell's own preset decides, as in blosam infer / evaluate
+    assert all(c["dice"] == 0.0 for c in result["cases"])  # foreground everywhere, nothing predicted
+
+
 def test_cells_are_scored_on_the_evaluation_pool(synthetic_2d, tmp_path):
     n_pairs = len(list((synthetic_2d / "images").iterdir()))
     methods = {"single": METHODS["single"]}
