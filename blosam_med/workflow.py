@@ -8,6 +8,7 @@ cheaply.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +122,10 @@ def run_cross_fit(
             started = resume and any((fold / "checkpoints").glob("*.pt"))  # else this fold starts fresh
             fold_overrides = {"fraction_a": 1 - 1 / folds, **overrides, "output_dir": str(fold), "ab_fold": k}
             run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
-        records.append(json.loads((fold / "metrics.json").read_text()))
+    if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
+        return out / "adapter.pt"
+    for k in range(folds):
+        records.append(json.loads((out / f"fold{k}" / "metrics.json").read_text()))
     validation = {
         name: sum(r["validation"][name] for r in records) / folds
         for name in records[0]["validation"]
