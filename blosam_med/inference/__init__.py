@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 from blosam_med.inference.evaluate import evaluate_adapter, group_volumes
-from blosam_med.inference.infer import (
-    FORMATS,
-    CasePrediction,
-    collect_inputs,
-    find_inputs,
-    load_adapters,
-    predict_case,
-    run_inference,
-    write_case,
-)
+from blosam_med.inference.infer import FORMATS, CasePrediction, load_adapters, predict_case, run_inference, write_case
+from blosam_med.inference.inputs import collect_inputs, find_inputs
 from blosam_med.inference.postprocess import mask_postprocess
 from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.inference.writers import (

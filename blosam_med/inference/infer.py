@@ -13,21 +13,14 @@ import numpy as np
 import torch
 
 from blosam_med.data import (
-    IMAGE_EXT,
     TaskConfig,
-    case_id,
-    check_dicom_file,
     image_kind,
-    is_dicom_file,
     load_samples,
-    non_image_modality,
-    open_datalist,
-    series_non_images,
     slices_to_volume,
 )
-from blosam_med.data.files import NIFTI_EXT
 from blosam_med.data.keys import SampleKeys, SourceKeys
 from blosam_med.inference.empty_slices import predict_logits
+from blosam_med.inference.inputs import find_inputs
 from blosam_med.inference.predictor import Predictor, binary_masks, default_batch_size, preset_options
 from blosam_med.inference.writers import (
     to_source_grid,
@@ -45,8 +38,6 @@ from blosam_med.model.ensemble import PromptFreeModel
 __all__ = [
     "CasePrediction",
     "load_adapters",
-    "collect_inputs",
-    "find_inputs",
     "predict_case",
     "write_case",
     "output_paths",
@@ -139,89 +130,6 @@ def load_adapters(
     backbone: Backbone = build_backbone(names.pop(), checkpoint)
     models = [load_adapter(p, backbone)[0] for p in paths]
     return models, tasks[0], tasks
-
-
-#: NIfTI names taken for the label of a DICOM series beside them (``<case>/dicom/`` + ``<case>/label.nii.gz``, the
-#: layout ``blosam prepare`` reads), never for an image to segment.
-_LABEL_STEMS = ("label", "labels", "mask", "masks", "seg", "segmentation")
-
-
-def _is_label_name(path: Path) -> bool:
-    stem = case_id(path).lower()
-    return stem in _LABEL_STEMS or stem.endswith(tuple(f"_{s}" for s in _LABEL_STEMS))
-
-
-def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The inputs to segment, and the files found beside them that are not images to segment.
-
-    Inputs: an image or DICOM file, a DICOM series folder, a NIfTI volume, a folder of those, or a datalist JSON (its
-    ``split``, default every entry of every split). Not inputs (each logged with one line and returned as
-    ``{"path", "reason"}``): non-image DICOM objects (SEG, RTSTRUCT, SR, KO, PR...) beside or inside a series, and
-    NIfTI labels (``label.nii.gz``, ``*_mask.nii.gz``...) in a folder that holds a DICOM series.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: naming the file: a single non-image DICOM object given as input, or a folder without images.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: input not found")
-    if path.is_file() and path.suffix == ".json":
-        datalist = open_datalist(path)
-        keys = [split] if split else [k for k, v in datalist.items() if isinstance(v, list)]
-        return [{"image": it["image"]} for k in keys for it in datalist.get(k, [])], []
-    if path.is_file():
-        modality = non_image_modality(path)
-        if modality is not None:
-            check_dicom_file(path)  # an RTSTRUCT, SR... without pixel data: "without pixel data ... not an image"
-            raise ValueError(f"{path}: a DICOM {modality} object; not an image (give the image or series it labels)")
-        return [{"image": str(path)}], []
-    if _is_series(path):
-        return [{"image": str(path)}], _series_ignored(path)
-    entries: list[dict[str, str]] = []
-    ignored: list[dict[str, str]] = []
-    children = [c for c in sorted(path.iterdir()) if not c.name.startswith(".")]
-    beside_series = any(c.is_dir() and _is_series(c / "dicom" if (c / "dicom").is_dir() else c) for c in children)
-    for child in children:
-        case = case_id(child)
-        if child.is_dir():
-            child = child / "dicom" if (child / "dicom").is_dir() else child
-            if not _is_series(child):
-                continue
-            ignored += _series_ignored(child)
-        elif not child.name.lower().endswith(IMAGE_EXT) and not is_dicom_file(child):
-            continue
-        elif (modality := non_image_modality(child)) is not None:
-            ignored.append(_ignore(child, f"DICOM {modality} object, not an image"))
-            continue
-        elif beside_series and child.name.lower().endswith(NIFTI_EXT) and _is_label_name(child):
-            ignored.append(_ignore(child, "NIfTI label beside a DICOM series, not an image"))
-            continue
-        entries.append({"image": str(child), "case": case})
-    if not entries:
-        raise ValueError(f"{path}: no images, DICOM series or volumes found")
-    return entries, ignored
-
-
-def _ignore(path: Path, reason: str) -> dict[str, str]:
-    logger.warning("%s: %s; skipped", path, reason)
-    return {"path": str(path), "reason": reason}
-
-
-def _series_ignored(folder: Path) -> list[dict[str, str]]:
-    """The non-image objects inside a series folder (the series reader skips them and logs each)."""
-    return [{"path": str(f), "reason": f"DICOM {m} object, not an image"} for f, m in series_non_images(folder)]
-
-
-def collect_inputs(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
-    """Datalist-style entries for an input (see :func:`find_inputs`, which also returns what it skipped)."""
-    return find_inputs(path, split)[0]
-
-
-def _is_series(folder: Path) -> bool:
-    """A folder whose files are DICOM (a series; the series checks come when it is read)."""
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    return bool(files) and all(is_dicom_file(p) for p in files[:3])
 
 
 def predict_case(
