@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -313,6 +314,9 @@ def test_a_cell_cut_after_training_is_only_scored_again(synthetic_2d, tmp_path):
     again = json.loads((cell / "result.json").read_text())
     assert (cell / "train/adapter.pt").read_bytes() == adapter  # not trained again
     assert again["scored_after_training"] and again["mean"] == first["mean"] and again["train"] == first["train"]
+    with open(tmp_path / "study/report/cells.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["cell"] == "lung_xray/k2_s0/single")
+    assert float(row["cpu_seconds"]) == pytest.approx(again["cpu_seconds"] + again["train"]["train_seconds"])
     (cell / "result.json").unlink()
     (cell / "train/adapter.pt").write_bytes(b"cut")  # an unreadable adapter: the cell trains again
     assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
