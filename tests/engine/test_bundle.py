@@ -136,3 +136,20 @@ def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
 def test_cross_fit_needs_the_bilevel_method_and_folds(synthetic_2d, tmp_path, capsys, extra):
     assert _train(synthetic_2d, tmp_path / "cf", "--iterations", "4", *extra) == 2
     assert "--cross-fit" in capsys.readouterr().err and not (tmp_path / "cf").exists()
+
+
+def test_cross_fit_resume_keeps_finished_folds_and_continues_the_cut_one(synthetic_2d, tmp_path, caplog):
+    out = tmp_path / "cf"
+    common = ["--iterations", "4", "--set", "epoch_length=2", "--method", "blosam", "--cross-fit", "2"]
+    assert _train(synthetic_2d, out, *common) == 0
+    fold0 = (out / "fold0/adapter.pt").read_bytes()
+    for name in ("adapter.pt", "metrics.json", "fold1/adapter.pt", "fold1/metrics.json"):
+        (out / name).unlink()  # cut while fold 1 was training: its epoch checkpoints remain
+    assert any((out / "fold1/checkpoints").glob("*.pt"))
+    with caplog.at_level("INFO", logger="blosam_med.engine.handlers"):
+        assert _train(synthetic_2d, out, *common, "--resume") == 0
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from")]
+    assert len(resumed) == 1 and "fold1" in resumed[0]  # fold 1 continued from its checkpoint
+    assert (out / "fold0/adapter.pt").read_bytes() == fold0  # kept, not trained again
+    assert json.loads((out / "fold1/metrics.json").read_text())["iterations"] == 4
+    assert json.loads((out / "metrics.json").read_text())["cross_fit"] == 2
