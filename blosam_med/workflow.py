@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from monai.bundle import ConfigWorkflow
 
-__all__ = ["BUNDLE_DIR", "bundle_config", "bundle_workflow", "run_cross_fit", "run_training", "training_configs"]
+__all__ = [
+    "BUNDLE_DIR",
+    "bundle_config",
+    "bundle_workflow",
+    "finished_run",
+    "run_cross_fit",
+    "run_training",
+    "training_configs",
+]
 
 #: The bundle shipped with the package (a link to ``bundles/blosam`` in a source checkout).
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
@@ -81,6 +89,11 @@ def run_training(
     return workflow
 
 
+def finished_run(folder: str | Path) -> bool:
+    """Whether a training run finished in ``folder``: its ``metrics.json`` is written after ``adapter.pt``."""
+    return (Path(folder) / "adapter.pt").is_file() and (Path(folder) / "metrics.json").is_file()
+
+
 def run_cross_fit(
     task: str | Path,
     overrides: Mapping[str, Any],
@@ -118,7 +131,7 @@ def run_cross_fit(
     records = []
     for k in range(folds):
         fold = out / f"fold{k}"
-        if not (resume and (fold / "adapter.pt").is_file() and (fold / "metrics.json").is_file()):
+        if not (resume and finished_run(fold)):
             started = resume and any((fold / "checkpoints").glob("*.pt"))  # else this fold starts fresh
             fold_overrides = {"fraction_a": 1 - 1 / folds, **overrides, "output_dir": str(fold), "ab_fold": k}
             run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
@@ -131,7 +144,7 @@ def run_cross_fit(
         for name in records[0]["validation"]
         if all(name in r["validation"] for r in records)
     }
-    first = json.loads(json.dumps(records[0]))  # the draw and params of fold 0, with the ensemble's own figures
+    first = records[0]  # the draw and params of fold 0, with the ensemble's own figures
     metrics = {
         "cross_fit": folds,
         "iterations": sum(r["iterations"] for r in records),

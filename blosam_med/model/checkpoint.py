@@ -185,6 +185,8 @@ def load_adapter(
             f"backbone's {backbone.preprocessing.to_dict()}"
         )
     states = payload["members"] if "members" in payload else [payload["state_dict"]]
+    if "members" in payload and len(states) < 2:
+        raise ValueError(f"{path}: an ensemble adapter needs at least two members, it holds {len(states)}")
     members = []
     for i, state in enumerate(states):
         model = BloSam(

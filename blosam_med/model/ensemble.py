@@ -56,10 +56,6 @@ class AdapterEnsemble(nn.Module):
         """(B, C, h, w) embeddings -> (B, 1, 4h, 4w) logits of the members' mean probability."""
         return mean_probability_logit([m.forward_embeddings(embeddings) for m in self.members])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images -> mask logits; the encoder runs once for all members."""
-        return self.forward_embeddings(self.members[0].encode(images))
-
     def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Undo padding and resizing, as every member does."""
         return self.members[0].postprocess(logits, original_size)

@@ -24,7 +24,7 @@ from blosam_med.model import BloSam, EmbeddingCache, PromptFreeModel, build_back
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.tracking import StudyTracker
-from blosam_med.workflow import run_cross_fit, run_training
+from blosam_med.workflow import finished_run, run_cross_fit, run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
 
@@ -246,9 +246,7 @@ def _save_preview(ctx: StudyContext, cell: Cell, folder: Path, masks: list[torch
 def _clear_unfinished(folder: Path) -> None:
     """Remove a cut cell's outputs except the cross-fit folds that finished (``train/fold<k>`` with an adapter and
     ``metrics.json``), which :func:`blosam_med.workflow.run_cross_fit` keeps when resuming."""
-    keep = [
-        f for f in (folder / "train").glob("fold*") if (f / "adapter.pt").is_file() and (f / "metrics.json").is_file()
-    ]
+    keep = [f for f in (folder / "train").glob("fold*") if finished_run(f)]
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if not any(path == k or k in path.parents or path in k.parents for k in keep):
             if path.is_dir() and not path.is_symlink():
@@ -263,7 +261,7 @@ def _finished_training(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[Pro
     """A bundle cell without a result whose training finished (``train/metrics.json`` is written after the adapter,
     for a cross-fit after the ensemble): its model and training record, so that only the scoring runs again."""
     train = folder / "train"
-    if cell.method.kind != "bundle" or not (train / "metrics.json").is_file() or not (train / "adapter.pt").is_file():
+    if cell.method.kind != "bundle" or not finished_run(train):
         return None
     ctx.setup(cell.task)
     try:

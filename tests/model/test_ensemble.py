@@ -89,3 +89,12 @@ def test_merge_refuses_different_adapters_naming_the_file(tiny_backbone, tmp_pat
     with pytest.raises(ValueError, match="at least two members"):
         merge_adapters([a], tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_ensemble_file_with_one_member_is_refused_naming_it(tiny_backbone, tmp_path):
+    path = save_adapter(AdapterEnsemble([_perturbed(tiny_backbone), _perturbed(tiny_backbone)]), tmp_path / "e.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["members"] = payload["members"][:1]
+    torch.save(payload, tmp_path / "one.pt")
+    with pytest.raises(ValueError, match=r"one\.pt: an ensemble adapter needs at least two members, it holds 1"):
+        load_adapter(tmp_path / "one.pt", tiny_backbone)
