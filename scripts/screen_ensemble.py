@@ -5,9 +5,9 @@
         --ensemble default+blosam=single-views+blosam-views-best
 
 For every draw (``k<shots>_s<seed>`` folder of the study's cells) where all members of an ensemble have a finished
-cell, the members predict the task's evaluation pool with the task preset's flips (as ``blosam infer`` does), the
-ensemble's logit is that of their mean probability, then the preset's box refinement and post-processing act on
-each member and on the ensemble alike. Prints each member's and each ensemble's mean pool Dice per draw, and the
+cell, the members and their ensemble (one :class:`blosam_med.model.AdapterEnsemble`, what ``blosam train
+--cross-fit`` writes: the logit of the members' mean probability) predict the task's evaluation pool with the task
+preset's flips, box refinement and post-processing, as ``blosam infer`` does. Prints each member's and each ensemble's mean pool Dice per draw, and the
 ensemble's change against its first member and against the mean of its members.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -23,9 +24,7 @@ from screen_tta import dice  # scripts/ is on the path when a script runs
 
 from blosam_med.data import SampleKeys, TaskConfig, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
-from blosam_med.inference.predictor import binary_masks
-from blosam_med.inference.refine import BoxRefiner
-from blosam_med.model import EmbeddingCache, mean_probability_logit
+from blosam_med.model import AdapterEnsemble, BloSam, EmbeddingCache
 from blosam_med.study.config import load_study
 from blosam_med.study.runner import eval_samples
 
@@ -72,22 +71,21 @@ def main() -> None:
 
 
 def score(paths: list[Path], pool: list[dict], preset: TaskConfig, cache_dir: str, engine: str) -> dict[str, float]:
-    """Mean pool Dice of each member and of their probability-averaged ensemble, with the preset's inference."""
-    models, _, _ = load_adapters(paths)
-    options = preset_options([preset] * len(models))
-    cache = EmbeddingCache(models[0].backbone, cache_dir, engine=engine)
-    predictor = Predictor(models, cache, flips=options["flips"], batch_size=1)
-    refiner = BoxRefiner(models[0].backbone, preset.refine_boxes, preset.refine_gate) if preset.refine_boxes else None
+    """Mean pool Dice of each member and of their ensemble (:class:`AdapterEnsemble`), with the preset's inference.
+
+    One :class:`Predictor` runs them all: the encoder once per image and flip, then every row's refinement and
+    post-processing (the ensemble's members decode again inside it: decoder calls only)."""
+    members, _, _ = load_adapters(paths)
+    models = [*members, AdapterEnsemble(cast(list[BloSam], members))]
+    cache = EmbeddingCache(members[0].backbone, cache_dir, engine=engine)
+    predictor = Predictor(models, cache, batch_size=1, **preset_options([preset] * len(models)))
     names = [p.parent.parent.name for p in paths] + ["ensemble"]
     found: dict[str, list[float]] = {n: [] for n in names}
     for sample in pool:
-        image, ref = sample[SampleKeys.IMAGE], sample[SampleKeys.LABEL][0].numpy() > 0
-        logits = predictor.logits([image])[0]  # (members, H, W), flips averaged per member
-        per = list(logits) + [mean_probability_logit(list(logits))]
-        embedding = cache.embed([image]) if refiner else None
-        for name, lg in zip(names, per, strict=True):
-            lg = refiner(embedding, lg) if refiner is not None and embedding is not None else lg
-            found[name].append(dice(binary_masks(lg[None], options["postprocess"][:1])[0].numpy() > 0, ref))
+        ref = sample[SampleKeys.LABEL][0].numpy() > 0
+        masks = predictor.masks([sample[SampleKeys.IMAGE]])[0]  # (rows, H, W)
+        for name, mask in zip(names, masks, strict=True):
+            found[name].append(dice(mask.numpy() > 0, ref))
     return {n: float(np.mean(v)) for n, v in found.items()}
 
 

@@ -120,6 +120,7 @@ def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
         assert all(torch.equal(member.trainable_state_dict()[n], t) for n, t in fold.trainable_state_dict().items())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cross_fit"] == 2 and metrics["iterations"] == 8 and extra["cross_fit"]["folds"] == 2
+    assert metrics["validation"] and len(metrics["folds"]) == 2
     for name, value in metrics["validation"].items():  # the out-of-fold validation Dice, averaged
         assert value == pytest.approx(sum(f["validation"][name] for f in metrics["folds"]) / 2)
     # the one file is what evaluate takes
