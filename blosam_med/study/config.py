@@ -108,7 +108,7 @@ class StudyConfig:
 TASK_KEYS = ("data", "preset", "split", "eval")
 SPLIT_KEYS = ("test_slab", "gap")
 #: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides) and ``cross_fit`` (folds of
-#: :func:`blosam_med.workflow.run_cross_fit`, with ``set: {method: blosam}``), a ``unet`` its network options.
+#: :func:`blosam_med.workflow.run_cross_fit` for the bi-level method; default 1), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
 
 
@@ -121,6 +121,21 @@ def _method_keys(kind: str) -> set[str]:
         params = inspect.signature(UNetBaseline.__init__).parameters
         return {*METHOD_KEYS, *(k for k in params if k not in ("self", "prep", "seed", "device"))}
     return set(METHOD_KEYS)
+
+
+def _folds(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any]) -> int:
+    """The cross-fitting folds of a bundle method: its ``cross_fit`` (default 1: one bundle run, as
+    ``python -m monai.bundle run`` trains), checked against its method (``set``, else ``train``, else train.yaml's)."""
+    from blosam_med.workflow import bundle_config, bundle_value
+
+    method = bundle_value([bundle_config("train.yaml")], "method", {**train, **(spec.get("set") or {})})
+    folds = spec.get("cross_fit", 1)
+    if not isinstance(folds, int) or folds < 1 or (folds > 1 and method != "blosam"):
+        raise ValueError(
+            f"{path}: study.methods.{name}.cross_fit must be 1, or 2 or more folds with method blosam (the method "
+            f"is {method}); got {folds!r}"
+        )
+    return folds
 
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
@@ -189,16 +204,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         spec.pop("kind")
         if kind == "bundle":
             check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
-            folds = spec.get("cross_fit", 1)
-            if (
-                not isinstance(folds, int)
-                or folds < 1
-                or (folds > 1 and (spec.get("set") or {}).get("method") != "blosam")
-            ):
-                raise ValueError(
-                    f"{path}: study.methods.{name}.cross_fit must be 1, or 2 or more folds with set.method blosam; "
-                    f"got {folds!r}"
-                )
+            spec["cross_fit"] = _folds(path, name, spec, cfg.get("train") or {})
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))

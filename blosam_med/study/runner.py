@@ -167,7 +167,7 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
         **config.train,
         **cell.method.options.get("set", {}),
     }
-    preset, folds = config.tasks[cell.task]["preset"], int(cell.method.options.get("cross_fit", 1))
+    preset, folds = config.tasks[cell.task]["preset"], int(cell.method.options["cross_fit"])
     if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
         network, _ = load_adapter(run_cross_fit(preset, {**override, "resume": True}, folds), ctx.backbone)
     else:

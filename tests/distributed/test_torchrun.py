@@ -127,6 +127,8 @@ def test_distributed_training_equals_one_process_with_the_global_batch(tmp_path,
         "4",
         "--method",
         "blosam",
+        "--cross-fit",
+        "1",
         "--hypergradient",
         hypergradient,
     ]

@@ -18,7 +18,7 @@ def _train(data, out, *extra):
 
 def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
     out = tmp_path / "run"
-    assert _train(synthetic_2d, out, "--iterations", "6", "--method", "blosam") == 0
+    assert _train(synthetic_2d, out, "--iterations", "6", "--method", "blosam", "--cross-fit", "1") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 6 and set(metrics["final_loss"]) == {"loss_lower", "loss_upper"}
     draw = json.loads((out / "draw.json").read_text())
@@ -50,7 +50,7 @@ def test_train_then_evaluate(synthetic_2d, tmp_path, capsys):
 
     capsys.readouterr()
     before = (out / "adapter.pt").read_bytes()
-    assert _train(synthetic_2d, out, "--iterations", "6") == 2  # a finished run is not overwritten
+    assert _train(synthetic_2d, out, "--iterations", "6", "--cross-fit", "1") == 2  # a finished run is not overwritten
     assert "already there" in capsys.readouterr().err
     assert (out / "adapter.pt").read_bytes() == before
 
@@ -64,10 +64,10 @@ def test_single_level_baseline_trains_on_all_shots(synthetic_2d, tmp_path):
 
 
 def test_resume_continues_the_same_run(synthetic_2d, tmp_path):
-    common = ["--iterations", "8", "--set", "epoch_length=4", "--hypergradient", "second_order", "--views", "1"]
+    common = ["--iterations", "8", "--cross-fit", "1", "--set", "epoch_length=4", "--hypergradient", "second_order"]
     assert _train(synthetic_2d, tmp_path / "full", *common) == 0
     # interrupted after the first of two epochs, then resumed
-    assert _train(synthetic_2d, tmp_path / "cut", *common[:4], "train#trainer#max_epochs=1", *common[4:]) == 0
+    assert _train(synthetic_2d, tmp_path / "cut", *common[:6], "train#trainer#max_epochs=1", *common[6:]) == 0
     assert _train(synthetic_2d, tmp_path / "cut", *common, "--resume") == 0
     full = torch.load(tmp_path / "full" / "adapter.pt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut" / "adapter.pt", weights_only=True)["state_dict"]
@@ -80,7 +80,7 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     import mlflow
 
     out = tmp_path / "tracked"
-    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking", "--method", "blosam") == 0
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking", "--cross-fit", "1") == 0
     uri = f"sqlite:///{out / 'mlruns.db'}"
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")
@@ -105,9 +105,9 @@ def test_tracking_mlflow(synthetic_2d, tmp_path):
     assert "test_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
+def test_default_cross_fits_two_folds_into_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
     out = tmp_path / "cf"
-    assert _train(synthetic_2d, out, "--iterations", "4", "--method", "blosam", "--cross-fit", "2") == 0
+    assert _train(synthetic_2d, out, "--iterations", "4") == 0  # the default: BLO-SAM, 2 folds, best epoch on B
     draws = [json.loads((out / f"fold{k}" / "draw.json").read_text()) for k in (0, 1)]
     cases = [{h: {d["case"] for d in draw[h]} for h in ("A", "B")} for draw in draws]
     assert cases[1]["A"] == cases[0]["B"] and cases[1]["B"] == cases[0]["A"]  # every shot trains both levels
@@ -120,6 +120,7 @@ def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
         assert all(torch.equal(member.trainable_state_dict()[n], t) for n, t in fold.trainable_state_dict().items())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["cross_fit"] == 2 and metrics["iterations"] == 8 and extra["cross_fit"]["folds"] == 2
+    assert metrics["params"]["method"] == "blosam" and metrics["params"]["keep_best"] is True
     assert metrics["validation"] and len(metrics["folds"]) == 2
     for name, value in metrics["validation"].items():  # the out-of-fold validation Dice, averaged
         assert value == pytest.approx(sum(f["validation"][name] for f in metrics["folds"]) / 2)
@@ -133,7 +134,7 @@ def test_cross_fit_writes_one_averaged_adapter(synthetic_2d, tmp_path, capsys):
     assert "already there" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [["--cross-fit", "2"], ["--cross-fit", "0", "--method", "blosam"]])
+@pytest.mark.parametrize("extra", [["--cross-fit", "2", "--method", "single"], ["--cross-fit", "0"]])
 def test_cross_fit_needs_the_bilevel_method_and_folds(synthetic_2d, tmp_path, capsys, extra):
     assert _train(synthetic_2d, tmp_path / "cf", "--iterations", "4", *extra) == 2
     assert "--cross-fit" in capsys.readouterr().err and not (tmp_path / "cf").exists()

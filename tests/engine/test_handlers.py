@@ -9,7 +9,7 @@ from synthetic import snapshot
 
 from blosam_med.cli import main
 
-TINY = ["--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--shots", "4"]
+TINY = ["--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--shots", "4", "--cross-fit", "1"]
 CUT = ["--iterations", "4", "--set", "epoch_length=2", "train#trainer#max_epochs=1"]  # stops after epoch 1 of 2
 
 

@@ -48,6 +48,8 @@ def test_bundle_trains_with_alternating_roles(synthetic_2d, tmp_path):
                 "4",
                 "--method",
                 "blosam",
+                "--cross-fit",
+                "1",
                 "--roles",
                 "alternate",
             ]

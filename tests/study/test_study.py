@@ -299,7 +299,10 @@ def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, t
     assert (train / "fold0/adapter.pt").read_bytes() == fold0
     assert (train / "fold1/metrics.json").is_file() and (train.parent / "result.json").is_file()
     bad = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "single"}}}
-    with pytest.raises(ValueError, match=r"study.methods.cf.cross_fit must be 1, or 2 or more folds with set.method"):
+    with pytest.raises(
+        ValueError,
+        match=r"study.methods.cf.cross_fit must be 1, or 2 or more folds with method blosam \(the method is single\)",
+    ):
         load_study(_config(tmp_path, synthetic_2d, bad))
 
 
