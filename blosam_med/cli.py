@@ -201,7 +201,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from blosam_med.config_keys import bundle_ids, suggest
     from blosam_med.data import open_datalist
     from blosam_med.io import check_output_folder
-    from blosam_med.workflow import CROSS_FIT_FOLDS, bundle_value, run_cross_fit, run_training, training_configs
+    from blosam_med.workflow import bundle_value, cross_fit_folds, run_cross_fit, run_training, training_configs
 
     data = Path(args.data)
     if not data.exists():
@@ -226,10 +226,10 @@ def _run_train(args: argparse.Namespace) -> int:
         if key not in known:
             raise CLIError(f"--set {key}: no such key in {', '.join(p.name for p in configs)}; {suggest(key, known)}")
         override[key] = yaml.safe_load(value)
-    method = bundle_value(configs, "method", override)
-    folds = args.cross_fit if args.cross_fit is not None else CROSS_FIT_FOLDS if method == "blosam" else 1
-    if folds < 1 or (folds > 1 and method != "blosam"):
-        raise CLIError(f"--cross-fit {folds}: give 1 (one run), or 2 or more folds with --method blosam (not {method})")
+    try:
+        folds = cross_fit_folds(bundle_value(configs, "method", override), args.cross_fit)
+    except ValueError as err:
+        raise CLIError(f"--cross-fit {err}") from err
     tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
     if folds > 1:
         run_cross_fit(args.task, override, folds, distributed=args.distributed, tracking=tracking)

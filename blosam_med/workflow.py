@@ -21,6 +21,7 @@ __all__ = [
     "CROSS_FIT_FOLDS",
     "bundle_config",
     "bundle_value",
+    "cross_fit_folds",
     "bundle_workflow",
     "finished_run",
     "run_cross_fit",
@@ -88,6 +89,22 @@ def bundle_value(configs: Sequence[str | Path], key: str, overrides: Mapping[str
     return parser.get(key)
 
 
+def cross_fit_folds(method: str, folds: int | None = None) -> int:
+    """The cross-fitting folds of a training run of ``method``: ``folds``, by default :data:`CROSS_FIT_FOLDS` for the
+    bi-level method and 1 (one run) for single-level.
+
+    Raises:
+        ValueError: ``folds`` below 1, or above 1 for a method without an A/B split to turn.
+    """
+    if folds is None:
+        return CROSS_FIT_FOLDS if method == "blosam" else 1
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or (folds > 1 and method != "blosam"):
+        raise ValueError(
+            f"{folds!r} folds: give 1 (one run), or 2 or more folds of method blosam (the method is {method})"
+        )
+    return folds
+
+
 def run_training(
     task: str | Path, overrides: Mapping[str, Any], *, distributed: bool = False, tracking: str | None = None
 ) -> ConfigWorkflow:
@@ -137,11 +154,8 @@ def run_cross_fit(
     from blosam_med.io import write_json
     from blosam_med.model import merge_adapters, read_adapter
 
-    if folds < 2:
+    if cross_fit_folds(bundle_value(training_configs(task, distributed=distributed), "method", overrides), folds) < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    method = bundle_value(training_configs(task, distributed=distributed), "method", overrides)
-    if method != "blosam":
-        raise ValueError(f"cross-fitting turns the A/B split of the bi-level method; method blosam, not {method}")
     resume, overwrite = bool(overrides.get("resume")), bool(overrides.get("overwrite"))
     out = check_output_dir(overrides["output_dir"], resume=resume, overwrite=overwrite)
     records = []

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from blosam_med.data import task_preset_path
-from blosam_med.workflow import BUNDLE_DIR, bundle_config, bundle_workflow, training_configs
+from blosam_med.workflow import (
+    BUNDLE_DIR,
+    CROSS_FIT_FOLDS,
+    bundle_config,
+    bundle_value,
+    bundle_workflow,
+    cross_fit_folds,
+    training_configs,
+)
 
 
 def test_bundle_config_is_inside_the_packaged_bundle():
@@ -31,3 +41,22 @@ def test_bundle_workflow_applies_overrides_over_the_task_preset(tmp_path):
     assert workflow.parser.get("output_dir") == str(tmp_path / "out")
     assert workflow.parser.get("task#name") == "polyp"
     assert not (tmp_path / "out").exists()  # building a workflow runs nothing
+
+
+def test_bundle_value_reads_the_merged_configs_then_the_overrides(tmp_path):
+    preset = tmp_path / "my_task.yaml"
+    preset.write_text(task_preset_path("polyp").read_text() + "\nmethod: single\n")
+    assert bundle_value(training_configs("polyp"), "method", {}) == "blosam"  # train.yaml's default
+    assert bundle_value(training_configs(preset), "method", {}) == "single"  # a preset merged after it wins
+    assert bundle_value(training_configs(preset), "method", {"method": "blosam"}) == "blosam"
+    assert bundle_value(training_configs("polyp"), "keep_best", {}) == "$@variant.bilevel"  # unevaluated
+
+
+def test_cross_fit_folds_default_by_method_and_refusals():
+    assert cross_fit_folds("blosam") == CROSS_FIT_FOLDS == 2 and cross_fit_folds("single") == 1
+    assert cross_fit_folds("blosam", 1) == 1 and cross_fit_folds("blosam", 3) == 3 and cross_fit_folds("single", 1) == 1
+    for method, folds in (("single", 2), ("blosam", 0), ("blosam", True), ("blosam", "2")):
+        with pytest.raises(
+            ValueError, match=rf"give 1 \(one run\), or 2 or more folds of method blosam \(the method is {method}\)"
+        ):
+            cross_fit_folds(method, folds)

@@ -28,7 +28,7 @@ NONZERO = "nonzero"
 
 #: Task preset keys that act at inference only: they change predictions without retraining (a trained adapter's
 #: stored preset may take new values; a study may rescore its cells).
-INFERENCE_KEYS = ("keep_components", "fill_holes", "flips", "refine_boxes", "refine_gate")
+INFERENCE_KEYS = ("keep_components", "fill_holes", "flips", "refine_boxes", "refine_gate", "empty_below")
 
 #: Test-time flips a task preset may ask for, and the image dimensions each reverses.
 FLIPS: dict[str, tuple[int, ...]] = {"h": (-1,), "v": (-2,)}

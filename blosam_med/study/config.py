@@ -126,16 +126,13 @@ def _method_keys(kind: str) -> set[str]:
 def _folds(path: Path, name: str, spec: dict[str, Any], train: dict[str, Any]) -> int:
     """The cross-fitting folds of a bundle method: its ``cross_fit`` (default 1: one bundle run, as
     ``python -m monai.bundle run`` trains), checked against its method (``set``, else ``train``, else train.yaml's)."""
-    from blosam_med.workflow import bundle_config, bundle_value
+    from blosam_med.workflow import bundle_config, bundle_value, cross_fit_folds
 
     method = bundle_value([bundle_config("train.yaml")], "method", {**train, **(spec.get("set") or {})})
-    folds = spec.get("cross_fit", 1)
-    if not isinstance(folds, int) or folds < 1 or (folds > 1 and method != "blosam"):
-        raise ValueError(
-            f"{path}: study.methods.{name}.cross_fit must be 1, or 2 or more folds with method blosam (the method "
-            f"is {method}); got {folds!r}"
-        )
-    return folds
+    try:
+        return cross_fit_folds(method, spec.get("cross_fit", 1))
+    except ValueError as err:
+        raise ValueError(f"{path}: study.methods.{name}.cross_fit: {err}") from err
 
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:

@@ -301,7 +301,7 @@ def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, t
     bad = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "single"}}}
     with pytest.raises(
         ValueError,
-        match=r"study.methods.cf.cross_fit must be 1, or 2 or more folds with method blosam \(the method is single\)",
+        match=r"study.methods.cf.cross_fit: 2 folds: give 1 \(one run\), or 2 or more folds of method blosam \(the method is single\)",
     ):
         load_study(_config(tmp_path, synthetic_2d, bad))
 
