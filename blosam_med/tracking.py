@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlparse
 
 from blosam_med.metrics import mean_metrics
 
-__all__ = ["sqlite_uri", "find_run", "log_evaluation", "flatten_params"]
+__all__ = ["sqlite_uri", "find_run", "log_evaluation", "flatten_params", "record_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +77,30 @@ def log_evaluation(
         client.log_metric(run.info.run_id, name, value)
     client.log_dict(run.info.run_id, result, f"{prefix}_metrics.json")
     return True
+
+
+def record_run(
+    tracking_uri: str,
+    experiment_name: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: list[Path],
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """A finished MLflow run made of results computed elsewhere (a cross-fit's ensemble): its params (flattened),
+    metrics, artifact files and tags. Returns the run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    for k, text in flatten_params(params).items():
+        client.log_param(run_id, k, text[:6000])
+    for k, value in metrics.items():
+        client.log_metric(run_id, k, value)
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id

@@ -144,7 +144,9 @@ def run_cross_fit(
 
     ``overrides`` are :func:`run_training`'s and must include ``output_dir``; the method must be ``blosam``. With
     ``resume``, folds that already wrote their adapter are kept, a fold with checkpoints continues from them and
-    the others start. Returns the ensemble adapter's path.
+    the others start. With ``tracking``, the folds are MLflow runs ``<run_name>_fold<k>`` and the ensemble a run
+    ``<run_name>`` (params, out-of-fold validation, ``adapter.pt``), all in ``tracking_uri``, by default
+    ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. Returns the ensemble adapter's path.
 
     Raises:
         ValueError: fewer than two folds, or a single-level method (it has no A/B split to turn).
@@ -153,17 +155,27 @@ def run_cross_fit(
     from blosam_med.engine import check_output_dir
     from blosam_med.io import write_json
     from blosam_med.model import merge_adapters, read_adapter
+    from blosam_med.tracking import sqlite_uri
 
     if cross_fit_folds(bundle_value(training_configs(task, distributed=distributed), "method", overrides), folds) < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     resume, overwrite = bool(overrides.get("resume")), bool(overrides.get("overwrite"))
     out = check_output_dir(overrides["output_dir"], resume=resume, overwrite=overwrite)
+    if tracking:  # the folds' runs and the ensemble's in one store, <output_dir>/mlruns.db unless one is given
+        overrides = {"tracking_uri": sqlite_uri(out), **overrides}
+    name = str(overrides.get("run_name", "$@run_label"))  # fold k's MLflow run is <name>_fold<k>
     records = []
     for k in range(folds):
         fold = out / f"fold{k}"
         if not (resume and finished_run(fold)):
             started = resume and any((fold / "checkpoints").glob("*.pt"))  # else this fold starts fresh
-            fold_overrides = {"fraction_a": 1 - 1 / folds, **overrides, "output_dir": str(fold), "ab_fold": k}
+            fold_overrides = {
+                "fraction_a": 1 - 1 / folds,
+                **overrides,
+                "output_dir": str(fold),
+                "ab_fold": k,
+                "run_name": f"$({name[1:]}) + '_fold{k}'" if name.startswith("$") else f"{name}_fold{k}",
+            }
             run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
         return out / "adapter.pt"
@@ -174,15 +186,20 @@ def run_cross_fit(
         for name in records[0]["validation"]
         if all(name in r["validation"] for r in records)
     }
-    first = records[0]  # the draw and params of fold 0, with the ensemble's own figures
+    first = records[0]  # the draw and params of fold 0, with the ensemble's own figures and name
+    run_name = first["params"]["run_name"].removesuffix("_fold0")
     metrics = {
         "cross_fit": folds,
         "iterations": sum(r["iterations"] for r in records),
         "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
         "validation": validation,
         "draw": first["draw"],
-        "params": {**first["params"], "cross_fit": folds},
-        "folds": [{k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r} for r in records],
+        "params": {**first["params"], "run_name": run_name, "ab_fold": None, "cross_fit": folds},
+        "folds": [
+            {k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r}
+            | {"run_name": r["params"]["run_name"]}
+            for r in records
+        ],
     }
     extra = read_adapter(out / "fold0" / "adapter.pt")["extra"]
     extra = {**extra, "params": metrics["params"], "cross_fit": {"folds": folds, "validation": validation}}
@@ -190,4 +207,16 @@ def run_cross_fit(
         [out / f"fold{k}" / "adapter.pt" for k in range(folds)], out / "adapter.pt", extra=extra, overwrite=True
     )
     write_json(out / "metrics.json", metrics, overwrite=True)
+    if tracking:
+        from blosam_med.tracking import record_run
+
+        record_run(
+            overrides["tracking_uri"],
+            metrics["params"]["experiment_name"],
+            run_name,
+            metrics["params"],
+            validation,
+            [adapter, out / "metrics.json"],
+            tags={"blosam.cross_fit_folds": ", ".join(f["run_name"] for f in metrics["folds"])},
+        )
     return adapter

@@ -155,3 +155,32 @@ def test_cross_fit_resume_keeps_finished_folds_and_continues_the_cut_one(synthet
     assert (out / "fold0/adapter.pt").read_bytes() == fold0  # kept, not trained again
     assert json.loads((out / "fold1/metrics.json").read_text())["iterations"] == 4
     assert json.loads((out / "metrics.json").read_text())["cross_fit"] == 2
+
+
+def test_cross_fit_tracks_its_folds_and_the_ensemble_in_one_store(synthetic_2d, tmp_path):
+    import mlflow
+
+    out = tmp_path / "cf"
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking") == 0
+    uri = f"sqlite:///{out / 'mlruns.db'}"
+    assert not list(out.glob("fold*/mlruns.db"))  # one store for the folds and their ensemble
+    mlflow.set_tracking_uri(uri)
+    runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")}
+    name = "lung_xray_k4_s0_blosam-first_order"
+    assert set(runs) == {name, f"{name}_fold0", f"{name}_fold1"}
+    ensemble = runs[name]
+    assert ensemble.data.params["cross_fit"] == "2" and ensemble.info.status == "FINISHED"
+    assert ensemble.data.tags["blosam.cross_fit_folds"] == f"{name}_fold0, {name}_fold1"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert ensemble.data.metrics["val_dice"] == pytest.approx(metrics["validation"]["val_dice"])
+    client = mlflow.MlflowClient(uri)
+    assert {"adapter.pt", "metrics.json"} <= {a.path for a in client.list_artifacts(ensemble.info.run_id)}
+    assert "loss_upper" in runs[f"{name}_fold1"].data.metrics  # each fold is tracked by MONAI's handler
+
+    result = tmp_path / "test.json"
+    args = ["--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result), "--device", "cpu"]
+    assert main(["evaluate", *args, "--tracking"]) == 0  # into the ensemble's run
+    assert (
+        client.get_run(ensemble.info.run_id).data.metrics["test_dice"]
+        == json.loads(result.read_text())["mean"]["dice"]["mean"]
+    )
