@@ -163,7 +163,7 @@ def run_cross_fit(
     out = check_output_dir(overrides["output_dir"], resume=resume, overwrite=overwrite)
     if tracking:  # the folds' runs and the ensemble's in one store, <output_dir>/mlruns.db unless one is given
         overrides = {"tracking_uri": sqlite_uri(out), **overrides}
-    name = str(overrides.get("run_name", "$@run_label"))  # fold k's MLflow run is <name>_fold<k>
+    base = str(overrides.get("run_name", "$@run_label"))  # fold k's MLflow run is <base>_fold<k>
     records = []
     for k in range(folds):
         fold = out / f"fold{k}"
@@ -174,7 +174,7 @@ def run_cross_fit(
                 **overrides,
                 "output_dir": str(fold),
                 "ab_fold": k,
-                "run_name": f"$({name[1:]}) + '_fold{k}'" if name.startswith("$") else f"{name}_fold{k}",
+                "run_name": f"$({base[1:]}) + '_fold{k}'" if base.startswith("$") else f"{base}_fold{k}",
             }
             run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
