@@ -208,11 +208,14 @@ def run_cross_fit(
     )
     write_json(out / "metrics.json", metrics, overwrite=True)
     if tracking:
-        from blosam_med.tracking import record_run
+        from blosam_med.tracking import find_run, record_run
 
+        uri, experiment = overrides["tracking_uri"], metrics["params"]["experiment_name"]
+        if find_run(uri, experiment, run_name, status="FINISHED") is not None:  # --resume of a finished cross-fit
+            return adapter
         record_run(
-            overrides["tracking_uri"],
-            metrics["params"]["experiment_name"],
+            uri,
+            experiment,
             run_name,
             metrics["params"],
             validation,

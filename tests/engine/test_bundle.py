@@ -177,6 +177,10 @@ def test_cross_fit_tracks_its_folds_and_the_ensemble_in_one_store(synthetic_2d, 
     assert {"adapter.pt", "metrics.json"} <= {a.path for a in client.list_artifacts(ensemble.info.run_id)}
     assert "loss_upper" in runs[f"{name}_fold1"].data.metrics  # each fold is tracked by MONAI's handler
 
+    assert _train(synthetic_2d, out, "--iterations", "4", "--tracking", "--resume") == 0  # finished folds kept
+    again = mlflow.search_runs(experiment_names=["blosam_lung_xray"], output_format="list")
+    assert sorted(r.info.run_name for r in again) == sorted(runs)  # and no second ensemble run
+
     result = tmp_path / "test.json"
     args = ["--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result), "--device", "cpu"]
     assert main(["evaluate", *args, "--tracking"]) == 0  # into the ensemble's run
