@@ -471,7 +471,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "fastest installed CPU runtime)",
     )
     p.add_argument("--no-tracking", action="store_true", help="no MLflow runs")
-    p.add_argument("--report-only", action="store_true", help="rewrite the report from the finished cells")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report from the finished cells (of the chosen tasks, shots, seeds, methods)",
+    )
     p.add_argument(
         "--rescore",
         action="store_true",
@@ -484,33 +488,24 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 def _run_study(args: argparse.Namespace) -> int:
     from blosam_med.study import load_study, run_study, write_report
 
-    raw = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else None
     overrides: dict = {}
-    for key in ("shots", "seeds"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
     if args.out:
         overrides["output_dir"] = args.out
     if args.data_root:
         overrides["data_root"] = args.data_root
     if args.iterations is not None:
         overrides["train"] = {"iterations": args.iterations}
-    study = (raw and raw.get("study")) or {}
-    for key, chosen in (("tasks", args.tasks), ("methods", args.methods)):
-        if chosen:
-            known = study.get(key) or {}
-            unknown = [c for c in chosen if c not in known]
-            if unknown:
-                raise CLIError(f"{args.config}: no {key} {unknown} (the config has {list(known)})")
-            overrides[key] = None  # replaced below: a mapping merge cannot drop keys
-    config = load_study(args.config, overrides={k: v for k, v in overrides.items() if v is not None})
-    if args.tasks:
-        config.tasks = {t: config.tasks[t] for t in args.tasks}
-    if args.methods:
-        config.methods = [config.method(m) for m in args.methods]
+    config = load_study(args.config, overrides=overrides)
+    try:
+        chosen = config.subset(tasks=args.tasks, shots=args.shots, seeds=args.seeds, methods=args.methods)
+    except KeyError as err:
+        raise CLIError(f"{args.config}: {err.args[0]}") from None
+    # a run's report covers the grid (widened by --shots/--seeds outside it); --report-only reports what was chosen
+    config.shots = sorted({*config.shots, *chosen.shots})
+    config.seeds = sorted({*config.seeds, *chosen.seeds})
     failed: dict = {}
     if args.report_only:
-        report = write_report(config)
+        report = write_report(chosen)
     else:
         summary = run_study(
             config,
@@ -519,6 +514,7 @@ def _run_study(args: argparse.Namespace) -> int:
             tracking=not args.no_tracking,
             engine=args.engine,
             rescore=args.rescore,
+            cells=chosen.cells(),
         )
         report, failed = summary["report"], summary["failed"]
     print(report["table"])

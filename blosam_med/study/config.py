@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,29 @@ class StudyConfig:
             for shots, seed in itertools.product(self.shots, self.seeds):
                 out += [Cell(task, m, shots, seed) for m in self.methods if m.trains]
         return out
+
+    def subset(
+        self,
+        tasks: Sequence[str] | None = None,
+        shots: Sequence[int] | None = None,
+        seeds: Sequence[int] | None = None,
+        methods: Sequence[str] | None = None,
+    ) -> StudyConfig:
+        """The same study on part of the grid; ``None`` keeps all. Shots and seeds may lie outside the grid.
+
+        Raises:
+            KeyError: a task or method the study does not have.
+        """
+        for name in tasks or ():
+            if name not in self.tasks:
+                raise KeyError(f"no task '{name}' in the study (tasks: {list(self.tasks)})")
+        return replace(
+            self,
+            tasks={t: self.tasks[t] for t in tasks} if tasks else self.tasks,
+            shots=list(shots or self.shots),
+            seeds=list(seeds or self.seeds),
+            methods=[self.method(m) for m in methods] if methods else self.methods,
+        )
 
     def method(self, name: str) -> MethodSpec:
         for m in self.methods:

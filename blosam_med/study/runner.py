@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,8 +297,12 @@ def run_study(
     report: bool = True,
     engine: str = "torch",
     rescore: bool = False,
+    cells: Sequence[Cell] | None = None,
 ) -> dict[str, Any]:
-    """Run every cell that is not done yet, then write the report.
+    """Run every cell that is not done yet (of ``cells``, default the whole grid), then write the report.
+
+    The report covers every finished cell of ``config``, not only those this call ran, so a run of a few cells
+    (``config.cells(tasks=..., methods=...)``) leaves the study's report whole.
 
     ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`) for the study's embeddings.
     ``rescore``: finished bundle cells are scored again with their saved adapter and today's task presets
@@ -316,7 +321,7 @@ def run_study(
     ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir(), engine)
     tracker = StudyTracker(config) if tracking else None
     summary: dict[str, Any] = {"done": [], "skipped": [], "rescored": [], "failed": {}}
-    for cell in config.cells():
+    for cell in config.cells() if cells is None else cells:
         folder = out / "cells" / cell.id
         if (folder / RESULT_FILE).is_file():
             if rescore and (folder / "train" / "adapter.pt").is_file():

@@ -268,6 +268,26 @@ def test_unknown_study_keys_are_refused(tmp_path, synthetic_2d, capsys, extra, w
     assert not (tmp_path / "study").exists()
 
 
+def test_a_filtered_run_keeps_the_whole_report(tmp_path, synthetic_2d, capsys):
+    """``--methods``/``--seeds`` choose what runs; its report still lists every finished cell of the grid."""
+    methods = {"zero": METHODS["zero"], "single": METHODS["single"]}
+    config = _config(tmp_path, synthetic_2d, methods, seeds=[0])
+    run = ["study", str(config), "--device", "cpu", "--no-tracking"]
+    assert main([*run, "--methods", "zero"]) == 0
+    assert main([*run, "--methods", "single", "--seeds", "3"]) == 0  # a seed outside the grid widens it
+    cells = tmp_path / "study/cells/lung_xray"
+    assert (cells / "zero/result.json").is_file() and (cells / "k2_s3/single/result.json").is_file()
+    assert not (cells / "k2_s0").exists()  # seed 0 of single was not asked for
+    with open(tmp_path / "study/report/cells.csv") as f:
+        assert sorted(r["cell"] for r in csv.DictReader(f)) == ["lung_xray/k2_s3/single", "lung_xray/zero"]
+    assert main([*run, "--report-only", "--methods", "zero"]) == 0  # a report of the chosen methods only
+    with open(tmp_path / "study/report/cells.csv") as f:
+        assert [r["cell"] for r in csv.DictReader(f)] == ["lung_xray/zero"]
+    capsys.readouterr()
+    assert main([*run, "--methods", "singel"]) == 2
+    assert "no method 'singel' in the study (methods: ['single', 'zero'])" in capsys.readouterr().err
+
+
 def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
     methods = dict(METHODS, single={"kind": "bundle", "set": {"methd": "single"}})
     with pytest.raises(ValueError, match=r"study.methods.single.set: unknown key 'methd'; valid keys: method"):
