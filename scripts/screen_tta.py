@@ -19,20 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blosam_med.data import SampleKeys, load_task
+from blosam_med.data import FLIPS, SampleKeys, load_task
 from blosam_med.inference import Predictor, load_adapters, preset_options
 from blosam_med.inference.predictor import binary_masks
 from blosam_med.model import EmbeddingCache
 from blosam_med.study.config import StudyConfig, load_study
 from blosam_med.study.runner import eval_samples
 
-FLIPS = {"h": (-1,), "v": (-2,)}
+#: flip sets as Predictor(flips=..) averages them: the unflipped pass and each named flip of FLIPS
 CANDIDATES: dict[str, list[tuple[int, ...]]] = {
-    "none": [()],
-    "h": [(), (-1,)],
-    "v": [(), (-2,)],
-    "hv": [(), (-1,), (-2,)],
-}  # as Predictor(flips=..)
+    name: [(), *(FLIPS[f] for f in ("" if name == "none" else name))] for name in ("none", "h", "v", "hv")
+}
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
