@@ -166,9 +166,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="K",
-        help="A/B cross-fitting of the bi-level method: K runs with the A/B split turned, in --out/fold<k>, averaged "
-        f"into one adapter.pt (K times the training time; default {CROSS_FIT_FOLDS} with --method blosam, 1 (one run) "
-        "otherwise)",
+        help="A/B cross-fitting: K runs with the A/B split turned (single-level: the training reseeded), in "
+        f"--out/fold<k>, averaged into one adapter.pt (K times the training time; default {CROSS_FIT_FOLDS} with "
+        "--method blosam, 1 (one run) otherwise)",
     )
     p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
     p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))

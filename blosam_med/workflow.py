@@ -91,17 +91,15 @@ def bundle_value(configs: Sequence[str | Path], key: str, overrides: Mapping[str
 
 def cross_fit_folds(method: str, folds: int | None = None) -> int:
     """The cross-fitting folds of a training run of ``method``: ``folds``, by default :data:`CROSS_FIT_FOLDS` for the
-    bi-level method and 1 (one run) for single-level.
+    bi-level method and 1 (one run) for single-level (whose folds, when asked for, differ by training seed only).
 
     Raises:
-        ValueError: ``folds`` below 1, or above 1 for a method without an A/B split to turn.
+        ValueError: ``folds`` not a whole number of at least 1.
     """
     if folds is None:
         return CROSS_FIT_FOLDS if method == "blosam" else 1
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1 or (folds > 1 and method != "blosam"):
-        raise ValueError(
-            f"{folds!r} folds: give 1 (one run), or 2 or more folds of method blosam (the method is {method})"
-        )
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"{folds!r} folds: give 1 (one run) or more folds (the method is {method})")
     return folds
 
 
@@ -140,16 +138,17 @@ def run_cross_fit(
     """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
     (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
     then their ensemble (mean probability) in ``<output_dir>/adapter.pt`` and ``<output_dir>/metrics.json``, whose
-    ``validation`` is the mean of the folds' out-of-fold Dice on B.
+    ``validation`` is the mean of the folds' out-of-fold Dice on B. Single-level runs have no split to turn: their
+    folds differ by training seed (:func:`blosam_med.engine.training_seed`), a seed ensemble of the same size.
 
-    ``overrides`` are :func:`run_training`'s and must include ``output_dir``; the method must be ``blosam``. With
+    ``overrides`` are :func:`run_training`'s and must include ``output_dir``. With
     ``resume``, folds that already wrote their adapter are kept, a fold with checkpoints continues from them and
     the others start. With ``tracking``, the folds are MLflow runs ``<run_name>_fold<k>`` and the ensemble a run
     ``<run_name>`` (params, out-of-fold validation, ``adapter.pt``), all in ``tracking_uri``, by default
     ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. Returns the ensemble adapter's path.
 
     Raises:
-        ValueError: fewer than two folds, or a single-level method (it has no A/B split to turn).
+        ValueError: fewer than two folds.
         OutputExistsError: ``<output_dir>/adapter.pt`` exists, without ``resume`` or ``overwrite``.
     """
     from blosam_med.engine import check_output_dir

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from blosam_med.engine.events import BiLevelEvents
-from blosam_med.engine.fewshot import DrawMismatchError, FewShotData, augmentation, label_target
+from blosam_med.engine.fewshot import DrawMismatchError, FewShotData, augmentation, label_target, training_seed
 from blosam_med.engine.handlers import (
     KeepBestState,
     RunRecorder,
@@ -16,6 +16,7 @@ from blosam_med.engine.hypergradient import HYPERGRADIENTS, first_order_hypergra
 from blosam_med.engine.trainer import BiLevelTrainer, TrainableState, bilevel_param_groups
 
 __all__ = [
+    "training_seed",
     "BiLevelEvents",
     "DrawMismatchError",
     "FewShotData",

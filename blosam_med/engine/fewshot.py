@@ -31,6 +31,7 @@ from blosam_med.model.preprocess import resized_shape
 from blosam_med.variants import check_name
 
 __all__ = [
+    "training_seed",
     "FewShotData",
     "EpochSampler",
     "AlternatingSampler",
@@ -190,6 +191,13 @@ def _labelled(sample: Sample) -> bool:
     return SampleKeys.LABEL in sample and bool(sample[SampleKeys.LABEL].any())
 
 
+def training_seed(seed: int, ab_fold: int, bilevel: bool) -> int:
+    """The seed of a run's training randomness (initialisation, batch order). A bi-level run's folds differ by
+    their A/B split, so they keep ``seed``; single-level has no split to turn, so fold ``ab_fold`` of a cross-fit
+    reseeds the training instead (a seed ensemble). The shots and views depend on ``seed`` only."""
+    return seed if bilevel or not ab_fold else seed + 7919 * int(ab_fold)
+
+
 class FewShotData:
     """The shots a run trains on, split into subsets A and B, with every view's embedding cached.
 
@@ -203,7 +211,8 @@ class FewShotData:
         view_augmentation: the dictionary transform chain (on ``image`` and ``label``) that makes the views, as the
             bundle's ``view_augmentation`` declares it; ``None``: :func:`augmentation`.
         fraction_a: share of the shots in subset A.
-        ab_fold: cross-fitting turn of the A/B split (:func:`blosam_med.data.split_ab`; 0: the plain split).
+        ab_fold: cross-fitting turn of the A/B split (:func:`blosam_med.data.split_ab`; 0: the plain split); for
+            single-level, the member of a seed ensemble (:func:`training_seed`).
         bilevel: split into A and B; ``False`` puts every shot in A (single-level baseline).
         roles: ``fixed`` or ``alternate`` (see :data:`blosam_med.engine.variants.ROLES`); bi-level only.
         base_dir: folder the datalist paths are relative to.
@@ -227,6 +236,7 @@ class FewShotData:
     ) -> None:
         check_name("roles", roles)
         self.task, self.cache, self.seed, self.views = task, cache, seed, views
+        self.training_seed = training_seed(seed, ab_fold, bilevel)
         self.view_augmentation = view_augmentation if view_augmentation is not None else augmentation()
         self.roles = roles if bilevel else "fixed"
         self.target_size = 4 * cache.backbone.embedding_shape[-1]
@@ -239,8 +249,8 @@ class FewShotData:
         self.draw.update(shots=shots, seed=seed, views=views, bilevel=bilevel, task=task.name)
         if self.roles != "fixed":
             self.draw["roles"] = self.roles
-        if bilevel and ab_fold:
-            self.draw["ab_fold"] = ab_fold
+        if ab_fold:
+            self.draw["ab_fold" if bilevel else "member"] = ab_fold
         self.subset_a = Dataset(self._cached(a, "A"))
         self.subset_b = Dataset(self._cached(b, "B"))
         self.validation = Dataset(
@@ -281,7 +291,7 @@ class FewShotData:
             raise ValueError(f"subset {subset} is empty; the draw was {self.draw}")
         if num_samples is None:
             return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        seed = self.seed * 3 + {"a": 0, "b": 1, "validation": 2}[key]
+        seed = self.training_seed * 3 + {"a": 0, "b": 1, "validation": 2}[key]
         sampler: EpochSampler
         if self.roles == "alternate" and key in ("a", "b"):
             n_a, n_b = len(self.subset_a), len(self.subset_b)

@@ -147,21 +147,16 @@ def _method_keys(kind: str) -> set[str]:
     return set(METHOD_KEYS)
 
 
-def _folds(path: Path, name: str, spec: dict[str, Any], cfg: dict[str, Any]) -> int:
+def _folds(path: Path, name: str, spec: dict[str, Any]) -> int:
     """The cross-fitting folds of a bundle method: its ``cross_fit`` (default 1: one bundle run, as
-    ``python -m monai.bundle run`` trains), checked against the method each task runs (``set``, else ``train``,
-    else the task preset's, else train.yaml's: as ``blosam train`` reads it)."""
-    from blosam_med.data import task_preset_path
-    from blosam_med.workflow import bundle_config, bundle_value, cross_fit_folds
+    ``python -m monai.bundle run`` trains; single-level folds are a seed ensemble)."""
+    from blosam_med.workflow import cross_fit_folds
 
-    overrides = {**(cfg.get("train") or {}), **(spec.get("set") or {})}
-    for task, entry in _task_entries(cfg).items():
-        configs = [bundle_config("train.yaml"), task_preset_path(entry.get("preset", task))]
-        try:
-            folds = cross_fit_folds(bundle_value(configs, "method", overrides), spec.get("cross_fit", 1))
-        except ValueError as err:
-            raise ValueError(f"{path}: study.methods.{name}.cross_fit ({task}): {err}") from err
-    return folds
+    method = (spec.get("set") or {}).get("method", "the bundle's")
+    try:
+        return cross_fit_folds(method, spec.get("cross_fit", 1))
+    except ValueError as err:
+        raise ValueError(f"{path}: study.methods.{name}.cross_fit: {err}") from err
 
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
@@ -230,7 +225,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         spec.pop("kind")
         if kind == "bundle":
             check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
-            spec["cross_fit"] = _folds(path, name, spec, cfg)
+            spec["cross_fit"] = _folds(path, name, spec)
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))

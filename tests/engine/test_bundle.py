@@ -134,10 +134,22 @@ def test_default_cross_fits_two_folds_into_one_averaged_adapter(synthetic_2d, tm
     assert "already there" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [["--cross-fit", "2", "--method", "single"], ["--cross-fit", "0"]])
-def test_cross_fit_needs_the_bilevel_method_and_folds(synthetic_2d, tmp_path, capsys, extra):
-    assert _train(synthetic_2d, tmp_path / "cf", "--iterations", "4", *extra) == 2
-    assert "--cross-fit" in capsys.readouterr().err and not (tmp_path / "cf").exists()
+def test_cross_fit_needs_whole_folds(synthetic_2d, tmp_path, capsys):
+    assert _train(synthetic_2d, tmp_path / "cf", "--iterations", "4", "--cross-fit", "0") == 2
+    assert "--cross-fit 0 folds" in capsys.readouterr().err and not (tmp_path / "cf").exists()
+
+
+def test_single_level_cross_fit_is_a_seed_ensemble_on_the_same_shots(synthetic_2d, tmp_path):
+    """Single-level has no A/B split to turn: its folds train on the same shots and views, reseeded."""
+    out = tmp_path / "ens"
+    assert _train(synthetic_2d, out, "--iterations", "4", "--method", "single", "--cross-fit", "2") == 0
+    draws = [json.loads((out / f"fold{k}/draw.json").read_text()) for k in (0, 1)]
+    assert draws[0]["A"] == draws[1]["A"] and not draws[0]["B"] and "member" not in draws[0]
+    assert draws[1]["member"] == 1
+    members = [torch.load(out / f"fold{k}/adapter.pt", weights_only=True)["state_dict"] for k in (0, 1)]
+    lora = [k for k in members[0] if "lora_A" in k]
+    assert lora and any(not torch.equal(members[0][k], members[1][k]) for k in lora)  # initialised apart
+    assert len(torch.load(out / "adapter.pt", weights_only=True)["members"]) == 2
 
 
 def test_cross_fit_resume_keeps_finished_folds_and_continues_the_cut_one(synthetic_2d, tmp_path, caplog):

@@ -318,23 +318,12 @@ def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, t
     )
     assert (train / "fold0/adapter.pt").read_bytes() == fold0
     assert (train / "fold1/metrics.json").is_file() and (train.parent / "result.json").is_file()
-    bad = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "single"}}}
+    bad = {"cf": {"kind": "bundle", "cross_fit": 0, "set": {"method": "single"}}}
     with pytest.raises(
         ValueError,
-        match=r"study.methods.cf.cross_fit \(lung_xray\): 2 folds: give 1 \(one run\), or 2 or more folds of method blosam \(the method is single\)",
+        match=r"study.methods.cf.cross_fit: 0 folds: give 1 \(one run\) or more folds \(the method is single\)",
     ):
         load_study(_config(tmp_path, synthetic_2d, bad))
-
-
-def test_cross_fit_is_checked_against_the_method_of_each_task_preset(synthetic_2d, tmp_path):
-    preset = tmp_path / "single_lungs.yaml"  # a preset may set bundle ids; `blosam train` reads its method
-    preset.write_text(yaml.safe_dump({"task": load_task("lung_xray").to_dict(), "method": "single"}))
-    tasks = {"lung_xray": {"data": synthetic_2d.name, "preset": str(preset)}}
-    methods = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {}}}
-    with pytest.raises(ValueError, match=r"cf.cross_fit \(lung_xray\): 2 folds: .* \(the method is single\)"):
-        load_study(_config(tmp_path, synthetic_2d, methods, tasks=tasks))
-    methods = {"cf": {"kind": "bundle", "cross_fit": 2, "set": {"method": "blosam"}}}  # set wins over the preset
-    assert load_study(_config(tmp_path, synthetic_2d, methods, tasks=tasks)).method("cf").options["cross_fit"] == 2
 
 
 def test_a_cell_cut_after_training_is_only_scored_again(synthetic_2d, tmp_path):
