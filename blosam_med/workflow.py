@@ -99,7 +99,7 @@ def cross_fit_folds(method: str, folds: int | None = None) -> int:
     if folds is None:
         return CROSS_FIT_FOLDS if method == "blosam" else 1
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise ValueError(f"{folds!r} folds: give 1 (one run) or more folds (the method is {method})")
+        raise ValueError(f"{folds!r} folds: give a whole number, 1 (one run) or more")
     return folds
 
 

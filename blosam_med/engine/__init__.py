@@ -16,7 +16,6 @@ from blosam_med.engine.hypergradient import HYPERGRADIENTS, first_order_hypergra
 from blosam_med.engine.trainer import BiLevelTrainer, TrainableState, bilevel_param_groups
 
 __all__ = [
-    "training_seed",
     "BiLevelEvents",
     "DrawMismatchError",
     "FewShotData",
@@ -34,4 +33,5 @@ __all__ = [
     "bilevel_param_groups",
     "first_order_hypergradient",
     "second_order_hypergradient",
+    "training_seed",
 ]

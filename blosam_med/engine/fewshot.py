@@ -31,7 +31,6 @@ from blosam_med.model.preprocess import resized_shape
 from blosam_med.variants import check_name
 
 __all__ = [
-    "training_seed",
     "FewShotData",
     "EpochSampler",
     "AlternatingSampler",
@@ -41,6 +40,7 @@ __all__ = [
     "augmented_views",
     "hash_case",
     "DrawMismatchError",
+    "training_seed",
 ]
 
 logger = logging.getLogger(__name__)

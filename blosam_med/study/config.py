@@ -152,9 +152,8 @@ def _folds(path: Path, name: str, spec: dict[str, Any]) -> int:
     ``python -m monai.bundle run`` trains; single-level folds are a seed ensemble)."""
     from blosam_med.workflow import cross_fit_folds
 
-    method = (spec.get("set") or {}).get("method", "the bundle's")
     try:
-        return cross_fit_folds(method, spec.get("cross_fit", 1))
+        return cross_fit_folds((spec.get("set") or {}).get("method", "blosam"), spec.get("cross_fit", 1))
     except ValueError as err:
         raise ValueError(f"{path}: study.methods.{name}.cross_fit: {err}") from err
 

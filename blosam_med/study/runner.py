@@ -302,7 +302,7 @@ def run_study(
     """Run every cell that is not done yet (of ``cells``, default the whole grid), then write the report.
 
     The report covers every finished cell of ``config``, not only those this call ran, so a run of a few cells
-    (``config.cells(tasks=..., methods=...)``) leaves the study's report whole.
+    (``config.subset(tasks=..., methods=...).cells()``) leaves the study's report whole.
 
     ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`) for the study's embeddings.
     ``rescore``: finished bundle cells are scored again with their saved adapter and today's task presets

@@ -321,7 +321,7 @@ def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, t
     bad = {"cf": {"kind": "bundle", "cross_fit": 0, "set": {"method": "single"}}}
     with pytest.raises(
         ValueError,
-        match=r"study.methods.cf.cross_fit: 0 folds: give 1 \(one run\) or more folds \(the method is single\)",
+        match=r"study.methods.cf.cross_fit: 0 folds: give a whole number, 1 \(one run\) or more",
     ):
         load_study(_config(tmp_path, synthetic_2d, bad))
 
