@@ -1,0 +1,33 @@
+"""Paired Dice differences between any two methods of a study's finished cells (same draws), with the report's
+95 % bootstrap interval over draws and images.
+
+    python scripts/study_pairs.py configs/study/fewshot.yaml single-ens2:single default:single-ens2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from blosam_med.study import load_study
+from blosam_med.study.report import collect_results, paired_differences
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="study YAML")
+    parser.add_argument("pairs", nargs="+", help="METHOD:BASELINE (method names in the config)")
+    parser.add_argument("--out", default=None, help="study folder (default: the config's output_dir)")
+    args = parser.parse_args()
+    config = load_study(args.config, overrides={"output_dir": args.out} if args.out else None)
+    rows = collect_results(config)
+    for pair in args.pairs:
+        method, baseline = pair.split(":")
+        for p in paired_differences(rows, method, baseline):
+            print(
+                f"{p['task']} {p['shots']} shots, {method} - {baseline}: {p['mean']:+.3f} "
+                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], {p['wins']}/{p['n']} draws"
+            )
+
+
+if __name__ == "__main__":
+    main()
