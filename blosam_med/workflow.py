@@ -186,7 +186,9 @@ def run_cross_fit(
         if all(name in r["validation"] for r in records)
     }
     first = records[0]  # the draw and params of fold 0, with the ensemble's own figures and name
-    run_name = first["params"]["run_name"].removesuffix("_fold0")
+    # folds trained by bundles before 0.9 recorded no run name: they are named after the output folder
+    names = [r["params"].get("run_name", f"{out.name}_fold{k}") for k, r in enumerate(records)]
+    run_name = names[0].removesuffix("_fold0")
     metrics = {
         "cross_fit": folds,
         "iterations": sum(r["iterations"] for r in records),
@@ -195,9 +197,8 @@ def run_cross_fit(
         "draw": first["draw"],
         "params": {**first["params"], "run_name": run_name, "ab_fold": None, "cross_fit": folds},
         "folds": [
-            {k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r}
-            | {"run_name": r["params"]["run_name"]}
-            for r in records
+            {k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r} | {"run_name": name}
+            for r, name in zip(records, names, strict=True)
         ],
     }
     extra = read_adapter(out / "fold0" / "adapter.pt")["extra"]

@@ -168,6 +168,17 @@ def test_cross_fit_resume_keeps_finished_folds_and_continues_the_cut_one(synthet
     assert json.loads((out / "fold1/metrics.json").read_text())["iterations"] == 4
     assert json.loads((out / "metrics.json").read_text())["cross_fit"] == 2
 
+    # a fold trained before bundle 0.9 recorded no run name: the ensemble is named after the output folder
+    record = json.loads((out / "fold0/metrics.json").read_text())
+    del record["params"]["run_name"]
+    (out / "fold0/metrics.json").write_text(json.dumps(record))
+    (out / "adapter.pt").unlink()
+    (out / "metrics.json").unlink()
+    assert _train(synthetic_2d, out, *common, "--resume") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"]["run_name"] == "cf" and metrics["folds"][0]["run_name"] == "cf_fold0"
+    assert metrics["folds"][1]["run_name"].endswith("_fold1") and metrics["folds"][1]["run_name"] != "cf_fold1"
+
 
 def test_cross_fit_tracks_its_folds_and_the_ensemble_in_one_store(synthetic_2d, tmp_path):
     import mlflow
