@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from collections.abc import Iterator
 from itertools import product
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 
 from blosam_med.data import load_task
 from blosam_med.inference.postprocess import mask_postprocess
-from blosam_med.study.config import load_study
+from blosam_med.study.config import StudyConfig, load_study
 from blosam_med.study.runner import eval_samples
 
 
@@ -33,17 +34,21 @@ def unpack(npz: np.lib.npyio.NpzFile, i: int) -> np.ndarray:
     return np.unpackbits(npz[f"m{i}"], count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
+def pool_references(config: StudyConfig) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """Per task with an evaluation pool: its name and the pool's reference masks, (H, W) bool, in pool order."""
+    for task in config.tasks:
+        pool = eval_samples(config, task, load_task(config.tasks[task]["preset"]))
+        if pool:
+            yield task, [s["label"][0].numpy() > 0 for s in pool]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--components", type=int, nargs="+", default=[0, 1, 2, 3])
     args = parser.parse_args()
     config = load_study(args.config)
-    for task in config.tasks:
-        pool = eval_samples(config, task, load_task(config.tasks[task]["preset"]))
-        if not pool:
-            continue
-        refs = [s["label"][0].numpy() > 0 for s in pool]
+    for task, refs in pool_references(config):
         scores: dict[tuple, list[float]] = defaultdict(list)
         for path in sorted((config.output_dir / "cells" / task).glob("k*_s*/*/eval_masks.npz")):
             method = Path(path).parent.name
