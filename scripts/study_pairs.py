@@ -19,6 +19,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="study folder (default: the config's output_dir)")
     args = parser.parse_args()
     config = load_study(args.config, overrides={"output_dir": args.out} if args.out else None)
+    names = [m.name for m in config.methods]
+    for pair in args.pairs:
+        if pair.count(":") != 1 or any(n not in names for n in pair.split(":")):
+            parser.error(f"{pair!r}: give METHOD:BASELINE, two of the study's methods {names}")
     rows = collect_results(config)
     for pair in args.pairs:
         method, baseline = pair.split(":")

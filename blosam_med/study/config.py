@@ -33,6 +33,7 @@ class MethodSpec:
     kind: str
     label: str
     options: dict[str, Any] = field(default_factory=dict)
+    shots: tuple[int, ...] | None = None  #: the grid's shot counts this method runs at; ``None``: all
 
     @property
     def trains(self) -> bool:
@@ -95,7 +96,7 @@ class StudyConfig:
         for task in self.tasks:
             out += [Cell(task, m) for m in self.methods if not m.trains]
             for shots, seed in itertools.product(self.shots, self.seeds):
-                out += [Cell(task, m, shots, seed) for m in self.methods if m.trains]
+                out += [Cell(task, m, shots, seed) for m in self.methods if m.trains and shots in (m.shots or (shots,))]
         return out
 
     def subset(
@@ -131,19 +132,20 @@ class StudyConfig:
 #: Keys of a ``study.tasks.<task>`` entry (``eval``: a folder of evaluation pairs) and of its ``split``.
 TASK_KEYS = ("data", "preset", "split", "eval")
 SPLIT_KEYS = ("test_slab", "gap")
-#: Keys every method takes; a ``bundle`` method adds ``set`` (bundle overrides) and ``cross_fit`` (folds of
+#: Keys every method takes; a method that trains may add ``shots`` (the grid's shot counts it runs at; default
+#: all), a ``bundle`` method ``set`` (bundle overrides) and ``cross_fit`` (folds of
 #: :func:`blosam_med.workflow.run_cross_fit` for the bi-level method; default 1), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
 
 
 def _method_keys(kind: str) -> set[str]:
     if kind == "bundle":
-        return {*METHOD_KEYS, "set", "cross_fit"}
+        return {*METHOD_KEYS, "shots", "set", "cross_fit"}
     if kind == "unet":
         from blosam_med.study.baselines import UNetBaseline
 
         params = inspect.signature(UNetBaseline.__init__).parameters
-        return {*METHOD_KEYS, *(k for k in params if k not in ("self", "prep", "seed", "device"))}
+        return {*METHOD_KEYS, "shots", *(k for k in params if k not in ("self", "prep", "seed", "device"))}
     return set(METHOD_KEYS)
 
 
@@ -177,6 +179,17 @@ def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
     valid = bundle_ids([bundle_config("train.yaml"), *sorted(presets)])
     for where, keys in overrides.items():
         check_keys(keys, valid, f"{path}: {where}")
+
+
+def _method_shots(path: Path, name: str, value: Any, grid: Sequence[Any]) -> tuple[int, ...] | None:
+    """A method's ``shots``: ``None`` (every shot count of the grid) or a non-empty list drawn from the grid's."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or any(not isinstance(k, int) or k not in grid for k in value):
+        raise ValueError(
+            f"{path}: study.methods.{name}.shots must list shot counts of study.shots {grid}, got {value!r}"
+        )
+    return tuple(int(k) for k in value)
 
 
 def _task_entries(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -227,7 +240,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             spec["cross_fit"] = _folds(path, name, spec)
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
-        methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec))
+        only = _method_shots(path, name, spec.pop("shots", None), cfg["shots"])
+        methods.append(MethodSpec(name, kind, str(spec.pop("label", name)), spec, only))
     check_variant_options(cfg.get("train") or {}, f"{path}: study.train.")
     _check_bundle_keys(path, cfg)
     tasks = _task_entries(cfg)

@@ -109,11 +109,27 @@ def test_default_grid_cells():
     config = load_study(Path(__file__).resolve().parents[2] / "configs/study/fewshot.yaml")
     cells = config.cells()
     trained = [m for m in config.methods if m.trains]
-    per_task = len(config.methods) - len(trained) + len(trained) * len(config.shots) * len(config.seeds)
+    per_task = (
+        len(config.methods) - len(trained) + sum(len(m.shots or config.shots) for m in trained) * len(config.seeds)
+    )
     assert len(cells) == len(config.tasks) * per_task
     assert len({c.id for c in cells}) == len(cells)
     assert {m.kind for m in config.methods} == {"bundle", "unet", "zero_shot", "box_prompt"}
     assert len(config.seeds) >= 3
+
+
+def test_a_method_may_run_at_some_of_the_grids_shots(tmp_path):
+    study = {"name": "x", "tasks": ["polyp"], "shots": [2, 4], "seeds": [0, 1]}
+    methods = {"all": {"kind": "bundle"}, "four": {"kind": "bundle", "shots": [4]}, "oracle": {"kind": "box_prompt"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"study": {**study, "methods": methods}}))
+    ids = {c.id for c in load_study(path).cells()}
+    assert {i for i in ids if i.endswith("/four")} == {"polyp/k4_s0/four", "polyp/k4_s1/four"}
+    assert len([i for i in ids if i.endswith("/all")]) == 4 and "polyp/oracle" in ids
+    for bad in ([8], [], "4"):
+        path.write_text(yaml.safe_dump({"study": {**study, "methods": {"four": {"kind": "bundle", "shots": bad}}}}))
+        with pytest.raises(ValueError, match=r"s.yaml: study.methods.four.shots must list shot counts of study.shots"):
+            load_study(path)
 
 
 def test_box_prompt_predictor_shapes_and_empty(tiny_backbone, tmp_path):
