@@ -487,6 +487,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 
 def _run_study(args: argparse.Namespace) -> int:
     from blosam_med.study import load_study, run_study, write_report
+    from blosam_med.study.records import sync_records
 
     overrides: dict = {}
     if args.out:
@@ -505,6 +506,7 @@ def _run_study(args: argparse.Namespace) -> int:
     config.seeds = sorted({*config.seeds, *chosen.seeds})
     failed: dict = {}
     if args.report_only:
+        sync_records(config)
         report = write_report(chosen)
     else:
         summary = run_study(

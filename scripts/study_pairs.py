@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from blosam_med.study import load_study
+from blosam_med.study.records import sync_records
 from blosam_med.study.report import collect_results, paired_differences
 
 
@@ -23,13 +24,14 @@ def main() -> None:
     for pair in args.pairs:
         if pair.count(":") != 1 or any(n not in names for n in pair.split(":")):
             parser.error(f"{pair!r}: give METHOD:BASELINE, two of the study's methods {names}")
+    sync_records(config)  # cells kept only as committed records count too
     rows = collect_results(config)
     for pair in args.pairs:
         method, baseline = pair.split(":")
         for p in paired_differences(rows, method, baseline):
             print(
                 f"{p['task']} {p['shots']} shots, {method} - {baseline}: {p['mean']:+.3f} "
-                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}], {p['wins']}/{p['n']} draws"
+                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] (over {p['resampled']}), {p['wins']}/{p['n']} draws"
             )
 
 

@@ -74,6 +74,8 @@ class StudyConfig:
         overlays: qualitative overlays per task in the report.
         dev_size: training-pool samples per task that every cell also scores when they are not among its shots:
             the development set on which variants are compared (the test split is only reported).
+        records: folder of cell records meant to be committed (:mod:`blosam_med.study.records`): each finished
+            cell's result is copied there, and restored from there when the output folder lost it; ``None``: none.
     """
 
     name: str
@@ -88,6 +90,7 @@ class StudyConfig:
     split_seed: int = 0
     overlays: int = 3
     dev_size: int = 16
+    records: Path | None = None
     source: str = ""
 
     def cells(self) -> list[Cell]:
@@ -207,7 +210,7 @@ def _merge(base: dict, override: dict) -> dict:
 def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read a study YAML (top-level ``study:``); ``overrides`` replace keys (``{"seeds": [0], "shots": [2]}``).
 
-    Relative ``output_dir`` and ``data_root`` are taken from the current directory, like the bundle's paths.
+    Relative ``output_dir``, ``data_root`` and ``records`` are taken from the current directory, like the bundle's paths.
 
     Raises:
         FileNotFoundError: no such file.
@@ -264,5 +267,6 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         split_seed=int(cfg.get("split_seed", 0)),
         overlays=int(cfg.get("overlays", 3)),
         dev_size=int(cfg.get("dev_size", 16)),
+        records=Path(cfg["records"]) if cfg.get("records") else None,
         source=str(path),
     )

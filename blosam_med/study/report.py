@@ -67,7 +67,9 @@ def collect_results(config: StudyConfig) -> list[dict[str, Any]]:
                 **{m: r["mean"][m]["mean"] for m in METRICS},
                 "n_cases": r["mean"]["dice"]["n"],
                 "test_dice": r["test"]["mean"]["dice"]["mean"] if "test" in r else None,
-                "empty_fraction": float(np.mean([c["pred_empty"] for c in r["cases"]])) if r.get("cases") else None,
+                "empty_fraction": (
+                    float(np.mean([c["pred_empty"] for c in r["cases"]])) if r.get("cases") else r.get("empty_fraction")
+                ),
                 "case_dice": [c["dice"] for c in r.get("cases", [])],
                 "dev_dice": r["dev"]["mean"]["dice"]["mean"] if "dev" in r else None,
                 "wall_seconds": r["wall_seconds"],
@@ -130,7 +132,8 @@ def paired_differences(
     out = []
     for (t, k), d in sorted(diffs.items()):
         grid = per_image.get((t, k), [])
-        lo, hi = bootstrap_interval(np.stack(grid) if grid and len(grid) == len(d) else np.asarray(d))
+        images = bool(grid) and len(grid) == len(d)  # else a cell without per-image scores: over draws only
+        lo, hi = bootstrap_interval(np.stack(grid) if images else np.asarray(d))
         out.append(
             {
                 "task": t,
@@ -145,6 +148,7 @@ def paired_differences(
                 "wins": int(sum(x > 0 for x in d)),
                 "ci_low": lo,
                 "ci_high": hi,
+                "resampled": "draws and images" if images else "draws",
             }
         )
     return out
@@ -204,8 +208,11 @@ def _markdown(config: StudyConfig, agg: list[dict], pairs: list[dict], totals: d
             d_txt = f"{d['mean']:+.3f} [{d['min']:+.3f}, {d['max']:+.3f}] | {d['wins']}/{d['n']}" if d else "— | —"
             lines.append(
                 f"| {p['task']} | {p['shots']} | {p['method']} − {p['baseline']} | {p['mean']:+.3f} "
-                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}] | {p['wins']}/{p['n']} | {d_txt} |"
+                f"[{p['ci_low']:+.3f}, {p['ci_high']:+.3f}]{'' if p['resampled'] != 'draws' else ' *'} | "
+                f"{p['wins']}/{p['n']} | {d_txt} |"
             )
+        if any(p["resampled"] == "draws" for p in pairs if p["metric"] == "dice"):
+            lines.append("\n\\* over draws only: some of these cells keep no per-image scores (restored summaries).")
         lines.append("")
     stuck = [(a["label"], a["task"], a["shots"], a["collapsed"], a["n_seeds"]) for a in agg if a.get("collapsed")]
     trained = sum(a["n_seeds"] for a in agg)

@@ -24,15 +24,13 @@ from blosam_med.io import write_json
 from blosam_med.model import BloSam, EmbeddingCache, PromptFreeModel, build_backbone, default_cache_dir, load_adapter
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
+from blosam_med.study.records import RESULT_FILE, save_record, sync_records
 from blosam_med.study.tracking import StudyTracker
 from blosam_med.workflow import finished_run, run_cross_fit, run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
 
 logger = logging.getLogger(__name__)
-
-#: A cell is done when this file exists in its folder (written last, atomically).
-RESULT_FILE = "result.json"
 
 
 def slab_split(
@@ -286,7 +284,9 @@ def _rescore_cell(ctx: StudyContext, cell: Cell, folder: Path) -> None:
         for k in old
         if k in ("cell", "task", "method", "label", "kind", "shots", "seed", "wall_seconds", "cpu_seconds")
     }
-    write_json(folder / RESULT_FILE, {**result, **kept, "rescored": time.strftime("%Y-%m-%dT%H:%M:%S")}, overwrite=True)
+    result = {**result, **kept, "rescored": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json(folder / RESULT_FILE, result, overwrite=True)
+    save_record(ctx.config, cell, result)
 
 
 def run_study(
@@ -309,7 +309,8 @@ def run_study(
     (post-processing, flips, box refinement: :data:`INFERENCE_KEYS`) without retraining, so that every row of the
     report uses the same inference; their training record and time are kept (``result["rescored"]`` says when).
 
-    A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists; an unfinished cell's folder is
+    A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists, or its record (``config.records``,
+    :func:`~blosam_med.study.records.sync_records` restores it first); an unfinished cell's folder is
     cleared and the cell rerun, except a bundle cell whose training finished (``train/metrics.json``): it is only
     scored (``result["scored_after_training"]``). A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
     on. Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
@@ -321,6 +322,7 @@ def run_study(
     ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir(), engine)
     tracker = StudyTracker(config) if tracking else None
     summary: dict[str, Any] = {"done": [], "skipped": [], "rescored": [], "failed": {}}
+    summary["records"] = sync_records(config)  # the whole grid: the report covers it
     for cell in config.cells() if cells is None else cells:
         folder = out / "cells" / cell.id
         if (folder / RESULT_FILE).is_file():
@@ -366,6 +368,7 @@ def run_study(
         if trained is not None:  # these seconds are the scoring's; the training's are train.train_seconds
             result["scored_after_training"] = True
         write_json(folder / RESULT_FILE, result, overwrite=True)
+        save_record(config, cell, result)
         summary["done"].append(cell.id)
         if tracker:
             tracker.log_cell(cell, result, folder)

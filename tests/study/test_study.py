@@ -435,3 +435,50 @@ def test_rescore_scores_finished_cells_again_with_todays_preset(synthetic_2d, tm
     assert again["rescored"] and (cell / "train/adapter.pt").stat().st_mtime_ns == adapter  # not retrained
     assert again["train"] == first["train"] and again["cpu_seconds"] == first["cpu_seconds"]
     assert again["mean"]["dice"]["n"] == first["mean"]["dice"]["n"]
+
+
+def test_records_outlive_the_output_folder(synthetic_2d, tmp_path, capsys):
+    """Finished cells are copied to ``study.records``; a lost output folder is restored from them, not rerun."""
+    import shutil
+
+    methods = {"zero": METHODS["zero"], "single": METHODS["single"], "blosam": METHODS["blosam"]}
+    records = tmp_path / "records"
+    config = _config(tmp_path, synthetic_2d, methods, seeds=[0], records=str(records))
+    run = ["study", str(config), "--device", "cpu", "--no-tracking"]
+    assert main([*run, "--methods", "zero", "single"]) == 0
+    cells = tmp_path / "study/cells"
+    first = json.loads((cells / "lung_xray/k2_s0/single/result.json").read_text())
+    assert json.loads((records / "lung_xray/k2_s0/single.json").read_text()) == first
+    assert (records / "lung_xray/zero.json").is_file() and not (records / "lung_xray/k2_s0/blosam.json").exists()
+    table = (tmp_path / "study/report/table.md").read_text()
+
+    shutil.rmtree(tmp_path / "study")  # a new machine: only the committed records are left
+    assert main([*run, "--report-only"]) == 0
+    assert (tmp_path / "study/report/table.md").read_text() == table
+    restored = json.loads((cells / "lung_xray/k2_s0/single/result.json").read_text())
+    assert restored.pop("restored_from") == str(records / "lung_xray/k2_s0/single.json") and restored == first
+
+    # the grid resumes: the recorded cells are skipped, the missing one runs and is recorded
+    stamp = (cells / "lung_xray/k2_s0/single/result.json").stat().st_mtime_ns
+    assert main([*run, "--methods", "single", "blosam"]) == 0
+    assert (cells / "lung_xray/k2_s0/single/result.json").stat().st_mtime_ns == stamp
+    assert not (cells / "lung_xray/k2_s0/single/train").exists()  # not trained again
+    assert (records / "lung_xray/k2_s0/blosam.json").is_file()
+    capsys.readouterr()
+
+    (records / "lung_xray/zero.json").write_text("{not json")
+    shutil.rmtree(cells / "lung_xray/zero")
+    assert main([*run, "--report-only"]) == 2
+    assert "records/lung_xray/zero.json: unreadable cell record" in capsys.readouterr().err
+
+
+def test_pairs_over_cells_without_per_image_scores_resample_draws_only():
+    rows = [
+        {"task": "polyp", "method": m, "trains": True, "shots": 2, "seed": s, "dice": d, "case_dice": cases}
+        for s, (a, b) in enumerate([(0.7, 0.6), (0.5, 0.45)])
+        for m, d, cases in (("default", a, [a, a]), ("single", b, [b, b] if s else []))
+    ]
+    (pair,) = paired_differences(rows, "default", "single")
+    assert pair["resampled"] == "draws" and pair["mean"] == pytest.approx(0.075)
+    rows[1]["case_dice"] = [0.6, 0.6]  # seed 0's baseline regains its per-image scores
+    assert paired_differences(rows, "default", "single")[0]["resampled"] == "draws and images"
