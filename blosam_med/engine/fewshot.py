@@ -60,12 +60,17 @@ def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad((y > 0.5).float(), (0, size - w, 0, size - h))
 
 
-def augmentation() -> Compose:
-    """Views for few-shot training: flips, small rotations and scaling, mild intensity changes.
+def augmentation(rotate_deg: float = 10.0, scale: float = 0.1, translate: float = 0.05) -> Compose:
+    """Views for few-shot training: a left-right flip, a random rotation, scaling and shift, mild intensity changes.
 
-    The bundle's train.yaml declares the same chain as ``view_augmentation`` (tests/engine/test_fewshot.py checks
-    that both give identical views); this builder serves callers outside the bundle (the U-Net baseline) and
-    :class:`FewShotData` when it is given no chain.
+    Args:
+        rotate_deg: rotations drawn from ``[-rotate_deg, rotate_deg]`` degrees (180: any orientation).
+        scale: zoom factors drawn from ``[1 - scale, 1 + scale]``.
+        translate: shifts drawn up to this fraction of the image size.
+
+    The bundle's train.yaml declares the same chain as ``view_augmentation`` with ``view_rotate_deg``, ``view_scale``
+    and ``view_translate`` (tests/engine/test_fewshot.py checks that both give identical views); this builder serves
+    callers outside the bundle (the U-Net baseline) and :class:`FewShotData` when it is given no chain.
     """
     return Compose(
         [
@@ -73,9 +78,9 @@ def augmentation() -> Compose:
             RandAffined(
                 keys=("image", "label"),
                 prob=1.0,
-                rotate_range=(math.pi / 18,),
-                scale_range=(0.1, 0.1),
-                translate_range=(0.05, 0.05),
+                rotate_range=(math.radians(rotate_deg),),
+                scale_range=(scale, scale),
+                translate_range=(translate, translate),
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),

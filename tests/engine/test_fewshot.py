@@ -98,6 +98,14 @@ def test_bundle_view_augmentation_equals_the_builder():
     s = _sample("polyp", None)
     for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, declared), augmented_views(s, 4, augmentation()), strict=True):
         assert torch.equal(xi, yi) and torch.equal(xl, yl)
+    # the strength keys reach the chain: stronger views differ from the default's and still equal the builder's
+    parser.update({"view_rotate_deg": 180.0, "view_scale": 0.25, "view_translate": 0.1})
+    strong = parser.get_parsed_content("view_augmentation", lazy=False)
+    built = augmented_views(s, 4, augmentation(rotate_deg=180.0, scale=0.25, translate=0.1))
+    for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, strong), built, strict=True):
+        assert torch.equal(xi, yi) and torch.equal(xl, yl)
+    default = augmented_views(s, 4, augmentation())
+    assert all(not torch.equal(x[0], y[0]) for x, y in zip(built[1:], default[1:], strict=True))
 
 
 def test_draw_refuses_a_shot_without_foreground(tmp_path):
