@@ -102,6 +102,17 @@ def _method(params: dict) -> str:
     )
 
 
+def _view_affine(params: dict) -> str:
+    """The views' random affine, as the run recorded it (runs before bundle 0.9.2 kept no record of it)."""
+    affine = params.get("view_affine")
+    if not affine or not params.get("views"):
+        return ""
+    return (
+        f" (rotated within ±{affine['rotate_deg']:g}°, zoomed by 1 ± {affine['scale']:g}, shifted by up to "
+        f"{affine['translate']:g} of the image)"
+    )
+
+
 def _stat(mean: dict, key: str, digits: int) -> str:
     m = mean[key]
     return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
@@ -158,7 +169,7 @@ def model_card(
                 if params.get("prompt_init") == "box"
                 else "(dense embedding)"
             )
-            + f"; {params.get('views', 0)} augmented views per shot"
+            + f"; {params.get('views', 0)} augmented views per shot{_view_affine(params)}"
             + ("; the epoch with the best Dice on subset B kept" if params.get("keep_best") else "")
             + (f"; at inference: {_postprocess(preset)}" if _postprocess(preset) else ""),
             f"- Training: {params.get('shots')} shots, seed {params.get('seed')}, {params.get('iterations')} iterations"

@@ -95,3 +95,23 @@ def test_infer_task_runs_from_the_package_alone(tmp_path, litemedsam):
     assert mask.shape == (96, 128) and set(np.unique(mask)) <= {0, 255}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [c["status"] for c in manifest["cases"]] == ["done"]
+
+
+def _shipped_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_shipped_adapters.py"
+    spec = importlib.util.spec_from_file_location("train_shipped_adapters", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_card_names_the_views_affine_when_the_run_recorded_it():
+    script = _shipped_script()
+    params = {"method": "blosam", "views": 8, "view_affine": {"rotate_deg": 180.0, "scale": 0.25, "translate": 0.1}}
+    assert script._view_affine(params) == (
+        " (rotated within ±180°, zoomed by 1 ± 0.25, shifted by up to 0.1 of the image)"
+    )
+    assert script._view_affine({"views": 4}) == ""  # a run before bundle 0.9.2 recorded no affine
+    assert script._view_affine({**params, "views": 0}) == ""  # no views, no affine to describe
