@@ -91,20 +91,27 @@ def test_hash_case_is_stable_and_tells_slices_apart():
 def test_bundle_view_augmentation_equals_the_builder():
     """train.yaml declares the chain; its views (hence the cached embeddings' keys) equal the Python builder's."""
     parser = ConfigParser()
-    parser.read_config([str(bundle_config("train.yaml")), str(task_preset_path("polyp"))])
+    parser.read_config([str(bundle_config("train.yaml")), str(task_preset_path("lung_xray"))])
     declared = parser.get_parsed_content("view_augmentation")
     assert [type(t) for t in declared.transforms] == [type(t) for t in augmentation().transforms]
     assert parser.get("fewshot#view_augmentation") == "@view_augmentation"
     s = _sample("polyp", None)
-    for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, declared), augmented_views(s, 4, augmentation()), strict=True):
+    default = augmented_views(s, 4, augmentation())
+    for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, declared), default, strict=True):
         assert torch.equal(xi, yi) and torch.equal(xl, yl)
-    # the strength keys reach the chain: stronger views differ from the default's and still equal the builder's
-    parser.update({"view_rotate_deg": 180.0, "view_scale": 0.25, "view_translate": 0.1})
-    strong = parser.get_parsed_content("view_augmentation", lazy=False)
+    # the polyp preset's strength keys reach the chain: its views are the builder's strong ones, not the default's
+    parser = ConfigParser()
+    parser.read_config([str(bundle_config("train.yaml")), str(task_preset_path("polyp"))])
+    assert (parser["views"], parser["view_rotate_deg"], parser["view_scale"], parser["view_translate"]) == (
+        8,
+        180.0,
+        0.25,
+        0.1,
+    )
+    strong = parser.get_parsed_content("view_augmentation")
     built = augmented_views(s, 4, augmentation(rotate_deg=180.0, scale=0.25, translate=0.1))
     for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, strong), built, strict=True):
         assert torch.equal(xi, yi) and torch.equal(xl, yl)
-    default = augmented_views(s, 4, augmentation())
     assert all(not torch.equal(x[0], y[0]) for x, y in zip(built[1:], default[1:], strict=True))
 
 
