@@ -7,13 +7,17 @@ from dataclasses import asdict, dataclass
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-__all__ = ["LoraSettings", "LORA_TARGET", "DECODER_HEADS", "inject_lora", "count_lora_modules"]
+__all__ = ["LoraSettings", "LORA_TARGET", "DECODER_HEADS", "MASK_HEADS", "inject_lora", "count_lora_modules"]
 
 #: q and v projections of every attention block in ``mask_decoder.transformer`` (14 linears for a depth-2 decoder).
 LORA_TARGET = r"mask_decoder\.transformer\..*\.(q_proj|v_proj)"
 
 #: ``MaskDecoder`` submodules trained with the LoRA weights at the lower level.
 DECODER_HEADS = ("output_upscaling", "output_hypernetworks_mlps", "iou_prediction_head", "mask_tokens", "iou_token")
+
+#: The heads that shape the mask (all but the IoU head, which no mask loss reaches): upper-level with
+#: ``BloSam(upper_heads=True)``.
+MASK_HEADS = ("output_upscaling", "output_hypernetworks_mlps", "mask_tokens", "iou_token")
 
 
 @dataclass(frozen=True)

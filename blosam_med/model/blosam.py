@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from blosam_med.model.adapter import DECODER_HEADS, LoraSettings, count_lora_modules, inject_lora
+from blosam_med.model.adapter import DECODER_HEADS, MASK_HEADS, LoraSettings, count_lora_modules, inject_lora
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.preprocess import postprocess_logits
 
@@ -40,6 +40,8 @@ class BloSam(nn.Module):
         lora: LoRA rank, alpha and dropout.
         train_heads: also train the decoder heads (output upscaling, hypernetwork MLPs, IoU head, output tokens).
         prompt_init: ``"no_mask"`` or ``"box"`` (see :data:`PROMPT_INITS`).
+        upper_heads: move the heads that shape the mask (:data:`~blosam_med.model.adapter.MASK_HEADS`) to the
+            upper level: LoRA alone fits subset A and B trains the prompt and the heads (needs ``train_heads``).
 
     Example::
 
@@ -53,10 +55,13 @@ class BloSam(nn.Module):
         lora: LoraSettings = LoraSettings(),
         train_heads: bool = True,
         prompt_init: str = "no_mask",
+        upper_heads: bool = False,
     ) -> None:
         super().__init__()
         if prompt_init not in PROMPT_INITS:
             raise ValueError(f"prompt_init must be one of {PROMPT_INITS}, got '{prompt_init}'")
+        if upper_heads and not train_heads:
+            raise ValueError("upper_heads=True trains the decoder heads at the upper level: it needs train_heads=True")
         self.backbone = backbone  # a plain dataclass: its modules are not registered twice
         self.backbone_name = backbone.name
         self.backbone_fingerprint = backbone.fingerprint
@@ -64,6 +69,7 @@ class BloSam(nn.Module):
         self.embedding_shape = tuple(backbone.embedding_shape)
         self.lora = lora
         self.train_heads = train_heads
+        self.upper_heads = upper_heads
         # The encoder is shared (several adapters may use one backbone); the decoder side is copied, never mutated.
         self.image_encoder = backbone.image_encoder
         self.prompt_encoder = copy.deepcopy(backbone.prompt_encoder)
@@ -102,14 +108,23 @@ class BloSam(nn.Module):
         """The learned dense prompt (1, C)."""
         return self.prompt_encoder.no_mask_embed.weight
 
+    def _is_upper(self, name: str) -> bool:
+        if name in (PROMPT_PARAMETER, PROMPT_TOKENS):
+            return True
+        return self.upper_heads and any(name.startswith(f"mask_decoder.{head}") for head in MASK_HEADS)
+
     def upper_parameters(self) -> list[nn.Parameter]:
-        """Upper-level (prompt) parameters: the dense prompt and, with ``prompt_init="box"``, the sparse tokens."""
-        return [self.prompt] + ([self.prompt_tokens] if self.prompt_tokens is not None else [])
+        """Upper-level parameters: the dense prompt, with ``prompt_init="box"`` the sparse tokens, with
+        ``upper_heads`` the mask heads."""
+        heads = [
+            p for n, p in self.named_parameters() if p.requires_grad and self._is_upper(n) and n.startswith("mask")
+        ]
+        return [self.prompt] + ([self.prompt_tokens] if self.prompt_tokens is not None else []) + heads
 
     def named_lower_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Lower-level parameters with their names: LoRA weights and, with ``train_heads``, the decoder heads."""
-        upper = (PROMPT_PARAMETER, PROMPT_TOKENS)
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and n not in upper]
+        """Lower-level parameters with their names: LoRA weights and, with ``train_heads``, the decoder heads (only
+        the IoU head with ``upper_heads``)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not self._is_upper(n)]
 
     def lower_parameters(self) -> list[nn.Parameter]:
         """Lower-level parameters: LoRA weights and, with ``train_heads``, the decoder heads."""

@@ -43,7 +43,11 @@ _DESCRIPTION = (
     "lora",
     "train_heads",
     "prompt_init",
+    "upper_heads",
 )
+
+#: What an adapter written before an option existed was trained with.
+_DESCRIPTION_DEFAULTS = {"prompt_init": "no_mask", "upper_heads": False}
 
 
 def save_adapter(
@@ -79,6 +83,7 @@ def _describe(model: BloSam) -> dict[str, Any]:
         "lora": model.lora.to_dict(),
         "train_heads": model.train_heads,
         "prompt_init": model.prompt_init,
+        "upper_heads": model.upper_heads,
     }
 
 
@@ -94,9 +99,9 @@ def merge_adapters(
             trained heads or prompt start, naming the files.
     """
     payloads = [read_adapter(p) for p in paths]
-    first = {k: payloads[0].get(k) for k in _DESCRIPTION}
+    first = {k: payloads[0].get(k, _DESCRIPTION_DEFAULTS.get(k)) for k in _DESCRIPTION}
     for p, payload in zip(paths[1:], payloads[1:], strict=True):
-        differ = [k for k in _DESCRIPTION if payload.get(k) != first[k]]
+        differ = [k for k in _DESCRIPTION if payload.get(k, _DESCRIPTION_DEFAULTS.get(k)) != first[k]]
         if differ:
             raise ValueError(f"{p}: cannot be averaged with {paths[0]}: they differ in {', '.join(differ)}")
     members = [s for payload in payloads for s in payload.get("members", [payload.get("state_dict")])]
@@ -193,7 +198,8 @@ def load_adapter(
             backbone,
             LoraSettings(**payload["lora"]),
             train_heads=bool(payload["train_heads"]),
-            prompt_init=payload.get("prompt_init", "no_mask"),  # adapters written before prompt_init existed
+            prompt_init=payload.get("prompt_init", _DESCRIPTION_DEFAULTS["prompt_init"]),
+            upper_heads=bool(payload.get("upper_heads", _DESCRIPTION_DEFAULTS["upper_heads"])),
         )
         try:
             model.load_trainable_state_dict(state, f"{path}, member {i}" if "members" in payload else str(path))

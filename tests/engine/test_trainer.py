@@ -35,8 +35,8 @@ def _loader(n, shape, seed):
     return DataLoader(Dataset(data), batch_size=2, shuffle=False)
 
 
-def _trainer(tiny_backbone, bilevel=True, **kw):
-    model = BloSam(tiny_backbone)
+def _trainer(tiny_backbone, bilevel=True, upper_heads=False, **kw):
+    model = BloSam(tiny_backbone, upper_heads=upper_heads)
     opt = RecordingAdamW(bilevel_param_groups(model, lr=1e-2, weight_decay=0.1))
     loss = DiceCELoss(sigmoid=True, lambda_ce=0.2, lambda_dice=0.8)
     shape = tiny_backbone.embedding_shape
@@ -71,6 +71,24 @@ def test_lower_step_moves_lower_only_upper_step_moves_prompt_only(tiny_backbone,
     assert not any(upper_step[:n_lower]) and all(upper_step[n_lower:])
     out = trainer.state.output[0]["loss"]
     assert set(out) == {"loss_lower", "loss_upper"} and all(isinstance(v, float) for v in out.values())
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
+def test_upper_heads_train_on_b_and_lora_alone_on_a(tiny_backbone, hypergradient):
+    trainer, model, opt = _trainer(tiny_backbone, hypergradient=hypergradient, upper_heads=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    initial = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    trainer.run()
+    lower_step = dict(zip(order, _changed(initial, opt.snapshots[0]), strict=True))
+    upper_step = dict(zip(order, _changed(opt.snapshots[0], opt.snapshots[1]), strict=True))
+    lora = [n for n in order if "lora_" in n]
+    heads = [n for n in order if n.startswith("mask_decoder.output_upscaling")]
+    assert lora and heads
+    assert any(lower_step[n] for n in lora) and not any(lower_step[n] for n in heads)
+    assert not lower_step["prompt_encoder.no_mask_embed.weight"]
+    assert all(upper_step[n] for n in heads) and upper_step["prompt_encoder.no_mask_embed.weight"]
+    assert not any(upper_step[n] for n in lora)
 
 
 def test_single_level_moves_everything_in_one_step(tiny_backbone):

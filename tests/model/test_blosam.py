@@ -110,6 +110,25 @@ def test_box_prompt_tokens_start_at_the_frame_box_and_are_upper_level(tiny_backb
     assert not torch.allclose(BloSam(tiny_backbone).forward_embeddings(emb), ref, atol=1e-5)
 
 
+def test_upper_heads_move_the_mask_heads_to_the_upper_level(tiny_backbone):
+    import pytest
+
+    plain, moved = BloSam(tiny_backbone), BloSam(tiny_backbone, upper_heads=True)
+    assert [n for n, _ in plain.named_parameters() if _.requires_grad] == [
+        n for n, _ in moved.named_parameters() if _.requires_grad
+    ]  # the same tensors train (an adapter's keys do not change), only their level does
+    lower = {n for n, _ in moved.named_lower_parameters()}
+    upper = {id(p) for p in moved.upper_parameters()}
+    assert moved.upper_parameters()[0] is moved.prompt
+    assert all("lora_" in n or n.startswith("mask_decoder.iou_prediction_head") for n in lower)
+    assert any("lora_" in n for n in lower)
+    heads = [p for n, p in moved.named_parameters() if n.startswith("mask_decoder.output_hypernetworks_mlps")]
+    assert heads and all(id(p) in upper for p in heads)
+    assert len(upper) + len(lower) == len(plain.upper_parameters()) + len(plain.lower_parameters())
+    with pytest.raises(ValueError, match="upper_heads=True .* needs train_heads=True"):
+        BloSam(tiny_backbone, train_heads=False, upper_heads=True)
+
+
 def test_unknown_prompt_init_is_refused(tiny_backbone):
     import pytest
 

@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from blosam_med.io import OutputExistsError
-from blosam_med.model import BackboneMismatchError, BloSam, LoraSettings, build_backbone, load_adapter, save_adapter
+from blosam_med.model import (
+    BackboneMismatchError,
+    BloSam,
+    LoraSettings,
+    build_backbone,
+    load_adapter,
+    merge_adapters,
+    save_adapter,
+)
 from blosam_med.model.backbones import build_tiny
 
 
@@ -118,7 +126,19 @@ def test_box_prompt_round_trip(tiny_backbone, tmp_path):
 def test_adapter_without_prompt_init_loads_as_no_mask(tiny_backbone, tmp_path):
     path = save_adapter(BloSam(tiny_backbone), tmp_path / "adapter.pt")
     payload = torch.load(path, weights_only=True)
-    del payload["prompt_init"]  # as written before the option existed
+    del payload["prompt_init"], payload["upper_heads"]  # as written before the options existed
     torch.save(payload, path)
     loaded, _ = load_adapter(path)
-    assert loaded.prompt_init == "no_mask" and loaded.prompt_tokens is None
+    assert loaded.prompt_init == "no_mask" and loaded.prompt_tokens is None and not loaded.upper_heads
+    new = save_adapter(BloSam(tiny_backbone), tmp_path / "new.pt")
+    merged, _ = load_adapter(merge_adapters([path, new], tmp_path / "both.pt"))  # the defaults count as recorded
+    assert len(merged.members) == 2
+
+
+def test_upper_heads_round_trip_and_refuse_to_merge_with_plain(tiny_backbone, tmp_path):
+    moved = save_adapter(BloSam(tiny_backbone, upper_heads=True), tmp_path / "moved.pt")
+    loaded, _ = load_adapter(moved)
+    assert loaded.upper_heads and loaded.upper_parameters()[0] is loaded.prompt
+    plain = save_adapter(BloSam(tiny_backbone), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="plain.pt: cannot be averaged with .*moved.pt: they differ in upper_heads"):
+        merge_adapters([moved, plain], tmp_path / "both.pt")
