@@ -63,6 +63,16 @@ def test_single_level_baseline_trains_on_all_shots(synthetic_2d, tmp_path):
     assert set(json.loads((out / "metrics.json").read_text())["final_loss"]) == {"loss_joint"}
 
 
+def test_upper_heads_override_reaches_the_adapter_and_the_run_params(synthetic_2d, tmp_path):
+    from blosam_med.model import load_adapter
+
+    out = tmp_path / "uh"
+    assert _train(synthetic_2d, out, "--iterations", "2", "--cross-fit", "1", "--set", "upper_heads=true") == 0
+    model, _ = load_adapter(out / "adapter.pt")
+    assert model.upper_heads and len(model.upper_parameters()) > 1
+    assert json.loads((out / "metrics.json").read_text())["params"]["upper_heads"] is True
+
+
 def test_resume_continues_the_same_run(synthetic_2d, tmp_path):
     common = ["--iterations", "8", "--cross-fit", "1", "--set", "epoch_length=4", "--hypergradient", "second_order"]
     assert _train(synthetic_2d, tmp_path / "full", *common) == 0
