@@ -108,23 +108,23 @@ class BloSam(nn.Module):
         """The learned dense prompt (1, C)."""
         return self.prompt_encoder.no_mask_embed.weight
 
-    def _is_upper(self, name: str) -> bool:
-        if name in (PROMPT_PARAMETER, PROMPT_TOKENS):
-            return True
-        return self.upper_heads and any(name.startswith(f"mask_decoder.{head}") for head in MASK_HEADS)
+    def _upper_head(self, name: str) -> bool:
+        """Whether the parameter ``name`` belongs to a mask head trained at the upper level (``upper_heads``)."""
+        return self.upper_heads and name.startswith(tuple(f"mask_decoder.{head}." for head in MASK_HEADS))
 
     def upper_parameters(self) -> list[nn.Parameter]:
         """Upper-level parameters: the dense prompt, with ``prompt_init="box"`` the sparse tokens, with
         ``upper_heads`` the mask heads."""
-        heads = [
-            p for n, p in self.named_parameters() if p.requires_grad and self._is_upper(n) and n.startswith("mask")
-        ]
+        heads = [p for n, p in self.named_parameters() if p.requires_grad and self._upper_head(n)]
         return [self.prompt] + ([self.prompt_tokens] if self.prompt_tokens is not None else []) + heads
 
     def named_lower_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Lower-level parameters with their names: LoRA weights and, with ``train_heads``, the decoder heads (only
         the IoU head with ``upper_heads``)."""
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not self._is_upper(n)]
+        upper = (PROMPT_PARAMETER, PROMPT_TOKENS)
+        return [
+            (n, p) for n, p in self.named_parameters() if p.requires_grad and n not in upper and not self._upper_head(n)
+        ]
 
     def lower_parameters(self) -> list[nn.Parameter]:
         """Lower-level parameters: LoRA weights and, with ``train_heads``, the decoder heads."""

@@ -114,8 +114,8 @@ def test_upper_heads_move_the_mask_heads_to_the_upper_level(tiny_backbone):
     import pytest
 
     plain, moved = BloSam(tiny_backbone), BloSam(tiny_backbone, upper_heads=True)
-    assert [n for n, _ in plain.named_parameters() if _.requires_grad] == [
-        n for n, _ in moved.named_parameters() if _.requires_grad
+    assert [n for n, p in plain.named_parameters() if p.requires_grad] == [
+        n for n, p in moved.named_parameters() if p.requires_grad
     ]  # the same tensors train (an adapter's keys do not change), only their level does
     lower = {n for n, _ in moved.named_lower_parameters()}
     upper = {id(p) for p in moved.upper_parameters()}
