@@ -65,12 +65,14 @@ def bundle_workflow(
     )
 
 
-def training_configs(task: str | Path, *, distributed: bool = False) -> list[Path]:
-    """The config files of a training run, in merge order: ``train.yaml``, ``multi_gpu_train.yaml`` (with
-    ``distributed``), the task preset (name or YAML file)."""
+def training_configs(
+    task: str | Path, *, distributed: bool = False, train_config: str | Path | None = None
+) -> list[Path]:
+    """The config files of a training run, in merge order: ``train.yaml`` (or ``train_config``, a copy of it),
+    ``multi_gpu_train.yaml`` (with ``distributed``), the task preset (name or YAML file)."""
     from blosam_med.data import task_preset_path
 
-    configs = [bundle_config("train.yaml")]
+    configs = [Path(train_config) if train_config else bundle_config("train.yaml")]
     if distributed:
         configs.append(bundle_config("multi_gpu_train.yaml"))
     configs.append(task_preset_path(task))
@@ -104,7 +106,12 @@ def cross_fit_folds(method: str, folds: int | None = None) -> int:
 
 
 def run_training(
-    task: str | Path, overrides: Mapping[str, Any], *, distributed: bool = False, tracking: str | None = None
+    task: str | Path,
+    overrides: Mapping[str, Any],
+    *,
+    distributed: bool = False,
+    tracking: str | None = None,
+    train_config: str | Path | None = None,
 ) -> ConfigWorkflow:
     """Run the bundle's ``train.yaml`` for a task preset (name or YAML file) and return the finished workflow.
 
@@ -113,8 +120,9 @@ def run_training(
         overrides: bundle ids to override; ids not given keep the bundle's defaults.
         distributed: also merge ``multi_gpu_train.yaml`` (one of several ``torchrun`` processes).
         tracking: ``"mlflow"`` to track the run with MONAI's MLflow handler.
+        train_config: run this copy of ``train.yaml`` instead of the package's (a study pins the one it started with).
     """
-    configs = training_configs(task, distributed=distributed)
+    configs = training_configs(task, distributed=distributed, train_config=train_config)
     workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides, tracking=tracking)
     workflow.initialize()
     workflow.run()
@@ -134,6 +142,7 @@ def run_cross_fit(
     *,
     distributed: bool = False,
     tracking: str | None = None,
+    train_config: str | Path | None = None,
 ) -> Path:
     """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
     (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
@@ -145,7 +154,8 @@ def run_cross_fit(
     ``resume``, folds that already wrote their adapter are kept, a fold with checkpoints continues from them and
     the others start. With ``tracking``, the folds are MLflow runs ``<run_name>_fold<k>`` and the ensemble a run
     ``<run_name>`` (params, out-of-fold validation, ``adapter.pt``), all in ``tracking_uri``, by default
-    ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. Returns the ensemble adapter's path.
+    ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. ``train_config``: as in
+    :func:`run_training`. Returns the ensemble adapter's path.
 
     Raises:
         ValueError: fewer than two folds.
@@ -156,7 +166,8 @@ def run_cross_fit(
     from blosam_med.model import merge_adapters, read_adapter
     from blosam_med.tracking import sqlite_uri
 
-    if cross_fit_folds(bundle_value(training_configs(task, distributed=distributed), "method", overrides), folds) < 2:
+    configs = training_configs(task, distributed=distributed, train_config=train_config)
+    if cross_fit_folds(bundle_value(configs, "method", overrides), folds) < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     resume, overwrite = bool(overrides.get("resume")), bool(overrides.get("overwrite"))
     out = check_output_dir(overrides["output_dir"], resume=resume, overwrite=overwrite)
@@ -175,7 +186,13 @@ def run_cross_fit(
                 "ab_fold": k,
                 "run_name": f"$({base[1:]}) + '_fold{k}'" if base.startswith("$") else f"{base}_fold{k}",
             }
-            run_training(task, {**fold_overrides, "resume": started}, distributed=distributed, tracking=tracking)
+            run_training(
+                task,
+                {**fold_overrides, "resume": started},
+                distributed=distributed,
+                tracking=tracking,
+                train_config=train_config,
+            )
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
         return out / "adapter.pt"
     for k in range(folds):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from blosam_med.data import task_preset_path
@@ -28,6 +30,8 @@ def test_training_configs_merge_order():
         bundle_config("multi_gpu_train.yaml"),
         task_preset_path("polyp"),
     ]
+    copy = Path("pinned/train-0123.yaml")  # a study's pinned copy replaces the package's train.yaml
+    assert training_configs("polyp", train_config=copy) == [copy, task_preset_path("polyp")]
 
 
 def test_bundle_workflow_applies_overrides_over_the_task_preset(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -14,23 +15,48 @@ from typing import Any
 import numpy as np
 import torch
 
-from blosam_med.data import INFERENCE_KEYS, TaskConfig, load_samples, load_task, open_datalist, write_datalist
+from blosam_med.data import (
+    INFERENCE_KEYS,
+    TaskConfig,
+    load_samples,
+    load_task,
+    open_datalist,
+    task_preset_path,
+    write_datalist,
+)
 from blosam_med.data.keys import SampleKeys
 from blosam_med.engine.fewshot import draw_shot_samples
 from blosam_med.inference.empty_slices import predict_logits
 from blosam_med.inference.evaluate import score_predictions
 from blosam_med.inference.predictor import Predictor, binary_masks, preset_options
-from blosam_med.io import write_json
+from blosam_med.io import atomic_write, write_json
 from blosam_med.model import BloSam, EmbeddingCache, PromptFreeModel, build_backbone, default_cache_dir, load_adapter
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.records import RESULT_FILE, save_record, sync_records
 from blosam_med.study.tracking import StudyTracker
-from blosam_med.workflow import finished_run, run_cross_fit, run_training
+from blosam_med.workflow import bundle_config, finished_run, run_cross_fit, run_training
 
-__all__ = ["run_study", "study_datalist", "slab_split", "StudyContext", "RESULT_FILE"]
+__all__ = ["run_study", "study_datalist", "slab_split", "pin_config", "StudyContext", "RESULT_FILE", "PINNED_DIR"]
 
 logger = logging.getLogger(__name__)
+
+#: Folder of a study's output with the copies of ``train.yaml`` and the task presets its cells run.
+PINNED_DIR = "configs"
+#: A bundle cell's record of the copies it trained with, beside the run's ``metrics.json``.
+CONFIGS_FILE = "study_configs.json"
+
+
+def pin_config(path: str | Path, folder: Path) -> Path:
+    """A copy of config file ``path`` in ``folder``, named by its content (``<stem>-<sha256, 12 digits><suffix>``).
+
+    A study's cells run these copies: an edit of the bundle or of a preset while the study runs does not reach
+    them, whose code was imported with the old files."""
+    data = Path(path).read_bytes()
+    pinned = folder / f"{Path(path).stem}-{hashlib.sha256(data).hexdigest()[:12]}{Path(path).suffix}"
+    if not pinned.is_file():  # the same name is the same content: a concurrent study may write it too
+        atomic_write(pinned, lambda tmp: tmp.write_bytes(data), overwrite=True)
+    return pinned
 
 
 def slab_split(
@@ -95,15 +121,28 @@ class StudyContext:
     test_samples: dict[str, list[dict]] = field(default_factory=dict)
     eval_samples: dict[str, list[dict]] = field(default_factory=dict)
     dev_samples: dict[str, list[dict]] = field(default_factory=dict)
+    train_config: Path | None = None
+    preset_files: dict[str, Path] = field(default_factory=dict)
+
+    def pin(self) -> None:
+        """Copy ``train.yaml`` and every task's preset into ``<output_dir>/configs`` (:func:`pin_config`) once; the
+        cells train and score with those copies."""
+        folder = self.config.output_dir / PINNED_DIR
+        if self.train_config is None:
+            self.train_config = pin_config(bundle_config("train.yaml"), folder)
+        for task, entry in self.config.tasks.items():
+            if task not in self.preset_files:
+                self.preset_files[task] = pin_config(task_preset_path(entry["preset"]), folder)
 
     def setup(self, task: str) -> None:
+        self.pin()
         if self.backbone is None:
             self.backbone = build_backbone(
                 self.config.train.get("backbone", "litemedsam"), self.config.train.get("backbone_checkpoint")
             )
             self.cache = EmbeddingCache(self.backbone, self.cache_dir, self.device, progress=True, engine=self.engine)
         if task not in self.presets:
-            self.presets[task] = load_task(self.config.tasks[task]["preset"])
+            self.presets[task] = load_task(self.preset_files[task])
             self.datalists[task] = study_datalist(self.config, task, self.presets[task])
             self.test_samples[task] = load_samples(
                 self.datalists[task]["test"], self.presets[task], foreground_only=False, every_n=1
@@ -166,12 +205,24 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
         **config.train,
         **cell.method.options.get("set", {}),
     }
-    preset, folds = config.tasks[cell.task]["preset"], int(cell.method.options["cross_fit"])
+    preset, folds = ctx.preset_files[cell.task], int(cell.method.options["cross_fit"])
+    train = ctx.train_config
+    configs = {"train": Path(str(train)).name, "preset": preset.name}  # which copies ran: provenance
+    write_json(folder / CONFIGS_FILE, configs, overwrite=True)
     if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
-        network, _ = load_adapter(run_cross_fit(preset, {**override, "resume": True}, folds), ctx.backbone)
+        adapter = run_cross_fit(preset, {**override, "resume": True}, folds, train_config=train)
+        network, _ = load_adapter(adapter, ctx.backbone)
     else:
-        network = run_training(preset, override).parser.get_parsed_content("network")
-    return network, json.loads((folder / "metrics.json").read_text())
+        network = run_training(preset, override, train_config=train).parser.get_parsed_content("network")
+    return network, _train_record(folder)
+
+
+def _train_record(folder: Path) -> dict[str, Any]:
+    """A bundle run's ``metrics.json``, with the pinned configs it ran under ``configs`` when they were recorded."""
+    record = json.loads((folder / "metrics.json").read_text())
+    if (folder / CONFIGS_FILE).is_file():
+        record["configs"] = json.loads((folder / CONFIGS_FILE).read_text())
+    return record
 
 
 def run_cell(
@@ -265,7 +316,7 @@ def _finished_training(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[Pro
     ctx.setup(cell.task)
     try:
         network, _ = load_adapter(train / "adapter.pt", ctx.backbone)
-        return network, json.loads((train / "metrics.json").read_text())
+        return network, _train_record(train)
     except ValueError as err:  # unreadable: train again
         logger.warning("study %s: cell %s: %s; training again", ctx.config.name, cell.id, err)
         return None
@@ -313,13 +364,15 @@ def run_study(
     :func:`~blosam_med.study.records.sync_records` restores it first); an unfinished cell's folder is
     cleared and the cell rerun, except a bundle cell whose training finished (``train/metrics.json``): it is only
     scored (``result["scored_after_training"]``). A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
-    on. Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
+    on. The cells run copies of ``train.yaml`` and the task presets made when the call starts (:func:`pin_config`,
+    named in a trained cell's ``result["train"]["configs"]``). Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
     """
     from blosam_med.study.report import write_report
 
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     ctx = StudyContext(config, torch.device(device), Path(cache_dir) if cache_dir else default_cache_dir(), engine)
+    ctx.pin()  # the bundle and presets as they are now, whatever is edited while the cells run
     tracker = StudyTracker(config) if tracking else None
     summary: dict[str, Any] = {"done": [], "skipped": [], "rescored": [], "failed": {}}
     summary["records"] = sync_records(config)  # the whole grid: the report covers it

@@ -17,6 +17,7 @@ from blosam_med.inference import preset_options
 from blosam_med.study import load_study, slab_split
 from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.report import aggregate, paired_differences
+from blosam_med.study.runner import pin_config
 from tests.synthetic import write_nifti
 
 METHODS = {
@@ -311,6 +312,43 @@ def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
     methods = dict(METHODS, unet={"kind": "unet", "iteration": 2})
     with pytest.raises(ValueError, match=r"study.methods.unet: unknown key 'iteration'; valid keys: iterations"):
         load_study(_config(tmp_path, synthetic_2d, methods))
+
+
+def test_pin_config_names_a_copy_by_its_content(tmp_path):
+    src = tmp_path / "train.yaml"
+    src.write_text("iterations: 300\n")
+    first = pin_config(src, tmp_path / "pinned")
+    assert first.parent == tmp_path / "pinned" and first.name.startswith("train-") and first.suffix == ".yaml"
+    assert pin_config(src, tmp_path / "pinned") == first  # same content, same copy
+    src.write_text("iterations: 50\n")
+    second = pin_config(src, tmp_path / "pinned")
+    assert second != first and first.read_text() == "iterations: 300\n" and second.read_text() == "iterations: 50\n"
+
+
+def test_cells_run_the_bundle_pinned_when_the_study_started(synthetic_2d, tmp_path, monkeypatch):
+    """Editing train.yaml while a study runs does not reach its later cells (their code is the old one)."""
+    import blosam_med.study.runner as runner
+    from blosam_med.workflow import bundle_config
+
+    train = tmp_path / "bundle" / "train.yaml"
+    train.parent.mkdir()
+    train.write_text(bundle_config("train.yaml").read_text())
+    original = train.read_text()
+    monkeypatch.setattr(runner, "bundle_config", lambda name: train if name == "train.yaml" else bundle_config(name))
+    saved = runner.save_record
+
+    def save_then_break_the_bundle(*args, **kwargs):  # after the first cell, the bundle on disk stops parsing
+        saved(*args, **kwargs)
+        train.write_text("network_def: [unclosed\n")
+
+    monkeypatch.setattr(runner, "save_record", save_then_break_the_bundle)
+    config = _config(tmp_path, synthetic_2d, {"single": METHODS["single"]})
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    cells = tmp_path / "study/cells/lung_xray"
+    results = [json.loads((cells / f"k2_s{s}/single/result.json").read_text()) for s in (0, 1)]
+    names = {r["train"]["configs"]["train"] for r in results}
+    assert len(names) == 1 and (tmp_path / "study/configs" / names.pop()).read_text() == original
+    assert results[1]["train"]["configs"]["preset"].startswith("lung_xray-")
 
 
 def test_cross_fit_method_trains_folds_and_scores_their_ensemble(synthetic_2d, tmp_path):
