@@ -207,7 +207,8 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
     }
     preset, folds = ctx.preset_files[cell.task], int(cell.method.options["cross_fit"])
     train = ctx.train_config
-    configs = {"train": Path(str(train)).name, "preset": preset.name}  # which copies ran: provenance
+    assert train is not None  # set by ctx.setup
+    configs = {"train": train.name, "preset": preset.name}  # which copies ran: provenance
     write_json(folder / CONFIGS_FILE, configs, overwrite=True)
     if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
         adapter = run_cross_fit(preset, {**override, "resume": True}, folds, train_config=train)
@@ -365,7 +366,8 @@ def run_study(
     cleared and the cell rerun, except a bundle cell whose training finished (``train/metrics.json``): it is only
     scored (``result["scored_after_training"]``). A cell that raises is logged (``error.txt``, a FAILED MLflow run) and the study goes
     on. The cells run copies of ``train.yaml`` and the task presets made when the call starts (:func:`pin_config`,
-    named in a trained cell's ``result["train"]["configs"]``). Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
+    named in a trained cell's ``result["train"]["configs"]``).
+    Returns ``{"done": [...], "skipped": [...], "failed": {cell: error}, "report": {...}}``.
     """
     from blosam_med.study.report import write_report
 
