@@ -2,6 +2,10 @@
 95 % bootstrap interval over draws and images.
 
     python scripts/study_pairs.py configs/study/fewshot.yaml single-ens2:single default:single-ens2
+    python scripts/study_pairs.py configs/study/res512.yaml single:single --against configs/study/fewshot.yaml
+
+With ``--against``, each BASELINE is a method of that other study (same draws and pools: the cells pair by task, shots
+and seed, and their per-image scores by the pool's order).
 """
 
 from __future__ import annotations
@@ -18,17 +22,23 @@ def main() -> None:
     parser.add_argument("config", help="study YAML")
     parser.add_argument("pairs", nargs="+", help="METHOD:BASELINE (method names in the config)")
     parser.add_argument("--out", default=None, help="study folder (default: the config's output_dir)")
+    parser.add_argument("--against", default=None, help="study YAML whose methods are the baselines")
     parser.add_argument("--digits", type=int, default=3, help="decimals of the printed differences")
     args = parser.parse_args()
     config = load_study(args.config, overrides={"output_dir": args.out} if args.out else None)
-    names = [m.name for m in config.methods]
+    other = load_study(args.against) if args.against else config
+    names, base_names = [m.name for m in config.methods], [m.name for m in other.methods]
     for pair in args.pairs:
-        if pair.count(":") != 1 or any(n not in names for n in pair.split(":")):
-            parser.error(f"{pair!r}: give METHOD:BASELINE, two of the study's methods {names}")
-    sync_records(config)  # cells kept only as committed records count too
-    rows, d = collect_results(config), args.digits
+        if pair.count(":") != 1 or pair.split(":")[0] not in names or pair.split(":")[1] not in base_names:
+            parser.error(f"{pair!r}: give METHOD:BASELINE, methods of the studies ({names}; baselines {base_names})")
+    rows, d = [], args.digits
+    for study in [config] if other is config else [config, other]:
+        sync_records(study)  # cells kept only as committed records count too
+        tag = "" if study is config else f"@{study.name}"
+        rows += [{**r, "method": r["method"] + tag} for r in collect_results(study)]
     for pair in args.pairs:
         method, baseline = pair.split(":")
+        baseline += f"@{other.name}" if other is not config else ""
         for p in paired_differences(rows, method, baseline):
             print(
                 f"{p['task']} {p['shots']} shots, {method} - {baseline}: {p['mean']:+.{d}f} "

