@@ -24,6 +24,7 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Sampler
 
 from blosam_med.data import TaskConfig, case_id, describe_draw, load_samples, sample_shots, split_ab
+from blosam_med.data.augment import RandEraseForegroundd
 from blosam_med.data.keys import Sample, SampleKeys
 from blosam_med.io import write_json
 from blosam_med.model.embedding_cache import EmbeddingCache
@@ -60,13 +61,18 @@ def label_target(label: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad((y > 0.5).float(), (0, size - w, 0, size - h))
 
 
-def augmentation(rotate_deg: float = 10.0, scale: float = 0.1, translate: float = 0.05) -> Compose:
-    """Views for few-shot training: a left-right flip, a random rotation, scaling and shift, mild intensity changes.
+def augmentation(
+    rotate_deg: float = 10.0, scale: float = 0.1, translate: float = 0.05, erase_prob: float = 0.0
+) -> Compose:
+    """Views for few-shot training: a left-right flip, a random rotation, scaling and shift, mild intensity changes,
+    and (``erase_prob`` > 0) the label erased in a band of columns.
 
     Args:
         rotate_deg: rotations drawn from ``[-rotate_deg, rotate_deg]`` degrees (180: any orientation).
         scale: zoom factors drawn from ``[1 - scale, 1 + scale]``.
         translate: shifts drawn up to this fraction of the image size.
+        erase_prob: probability of :class:`blosam_med.data.augment.RandEraseForegroundd` per view. It comes last in
+            the chain and draws from its own generator, so at 0 every view is the one the chain made without it.
 
     The bundle's train.yaml declares the same chain as ``view_augmentation`` with ``view_rotate_deg``, ``view_scale``
     and ``view_translate`` (tests/engine/test_fewshot.py checks that both give identical views); this builder serves
@@ -86,6 +92,7 @@ def augmentation(rotate_deg: float = 10.0, scale: float = 0.1, translate: float 
             ),
             RandAdjustContrastd(keys="image", prob=0.5, gamma=(0.8, 1.25)),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandEraseForegroundd(keys=("image", "label"), prob=erase_prob),
         ]
     )
 

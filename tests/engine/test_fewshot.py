@@ -88,6 +88,20 @@ def test_hash_case_is_stable_and_tells_slices_apart():
     assert hash_case({"case": "a", "slice": None}) == int.from_bytes(hashlib.sha256(b"a:None").digest()[:4], "little")
 
 
+def test_views_without_erasing_are_those_of_the_chain_without_the_eraser():
+    """The eraser comes last and draws from its own generator: at probability 0 the cached views (and their
+    embeddings' keys) of every earlier run are unchanged; at 1 the views lose label pixels."""
+    from monai.transforms import Compose
+
+    s = _sample("polyp", None)
+    chain = augmentation()
+    before = augmented_views(s, 4, Compose(list(chain.transforms[:-1])))
+    for (xi, xl), (yi, yl) in zip(augmented_views(s, 4, chain), before, strict=True):
+        assert torch.equal(xi, yi) and torch.equal(xl, yl)
+    erased = augmented_views(s, 4, augmentation(erase_prob=1.0))
+    assert all(int(e[1].sum()) < int(b[1].sum()) for e, b in zip(erased[1:], before[1:], strict=True))
+
+
 def test_bundle_view_augmentation_equals_the_builder():
     """train.yaml declares the chain; its views (hence the cached embeddings' keys) equal the Python builder's."""
     parser = ConfigParser()
