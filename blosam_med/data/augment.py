@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import GaussianSmooth, MapTransform, RandomizableTransform
+from monai.transforms.utils_morphological_ops import dilate
 
 __all__ = ["RandEraseForegroundd"]
 
@@ -22,7 +22,7 @@ class RandEraseForegroundd(RandomizableTransform, MapTransform):
     so the band takes the intensity of the bone and tissue around it.
 
     Args:
-        keys: the image key and the label key, in that order.
+        keys: the image key and the label key, in that order; both channel-first 2D, ``(C, H, W)``.
         prob: probability of erasing in a view (0: the transform leaves every view as it is).
         width: the band's width as a fraction of the label's horizontal extent, drawn from this range.
         sigma: standard deviation (pixels) of the fill's Gaussian.
@@ -58,12 +58,15 @@ class RandEraseForegroundd(RandomizableTransform, MapTransform):
         self.randomize()
         image_key, label_key = self.keys
         label = torch.as_tensor(d[label_key])
+        if label.ndim != 3:
+            raise ValueError(
+                f"'{label_key}' must be a channel-first 2D label (C, H, W), got shape {tuple(label.shape)}"
+            )
         if not self._do_transform or not (label > 0.5).any():
             return d
         image = torch.as_tensor(d[image_key]).float()
         fg = (label > 0.5).float()
-        k = 2 * self.margin + 1
-        grown = F.max_pool2d(fg[None], k, 1, self.margin)[0] if self.margin else fg
+        grown = torch.as_tensor(dilate(fg[None], 2 * self.margin + 1))[0] if self.margin else fg
         columns = torch.nonzero(fg.amax(dim=(0, 1)) > 0).flatten()
         lo, hi = int(columns.min()), int(columns.max()) + 1
         span = max(1, round(self._fraction * (hi - lo)))

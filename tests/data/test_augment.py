@@ -61,3 +61,9 @@ def test_seeded_views_repeat_and_differ_by_seed():
 def test_a_width_outside_0_1_is_refused(width):
     with pytest.raises(ValueError, match="width"):
         RandEraseForegroundd(prob=1.0, width=width)
+
+
+def test_a_label_that_is_not_2d_is_refused_with_its_shape():
+    data = {"image": torch.zeros(1, 4, 8, 8), "label": torch.ones(1, 4, 8, 8)}
+    with pytest.raises(ValueError, match=r"'label' must be a channel-first 2D label.*\(1, 4, 8, 8\)"):
+        RandEraseForegroundd(prob=1.0)(data)
