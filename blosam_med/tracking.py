@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from blosam_med.metrics import mean_metrics
 
-__all__ = ["sqlite_uri", "find_run", "log_evaluation", "flatten_params", "record_run"]
+__all__ = ["sqlite_uri", "store_lock", "experiment_id", "find_run", "log_evaluation", "flatten_params", "record_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,30 @@ def sqlite_uri(output_dir: str | Path) -> str:
     from monai.utils import path_to_sqlite_uri
 
     return path_to_sqlite_uri(str(Path(output_dir) / "mlruns.db"))
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` (an exclusive file lock) while opening a sqlite MLflow store and creating what a run
+    needs in it. MLflow migrates a fresh database's schema on first use, and two processes doing that together
+    fail ("table ... already exists"); they also race to create the same experiment. Other stores: no lock.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(unquote(parsed.path))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        yield
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created when missing (call it under :func:`store_lock`)."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
 
 
 def _sqlite_missing(uri: str) -> bool:
@@ -93,9 +118,10 @@ def record_run(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {})).info.run_id
+    with store_lock(tracking_uri):
+        run_id = client.create_run(
+            experiment_id(client, experiment_name), run_name=run_name, tags=dict(tags or {})
+        ).info.run_id
     for k, text in flatten_params(params).items():
         client.log_param(run_id, k, text[:6000])
     for k, value in metrics.items():

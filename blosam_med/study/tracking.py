@@ -9,7 +9,7 @@ from typing import Any
 from blosam_med.io import write_json
 from blosam_med.metrics import mean_metrics
 from blosam_med.study.config import Cell, StudyConfig
-from blosam_med.tracking import flatten_params, sqlite_uri
+from blosam_med.tracking import experiment_id, flatten_params, sqlite_uri, store_lock
 
 __all__ = ["StudyTracker"]
 
@@ -18,7 +18,8 @@ class StudyTracker:
     """Tracks a study in ``<output_dir>/mlruns.db`` (experiment ``blosam_study_<name>``).
 
     The parent run's id is kept in ``<output_dir>/mlflow_run.json``, so a resumed study adds its new cells under the
-    same parent; a cell already tracked (tag ``blosam.cell``) is not tracked twice.
+    same parent; a cell already tracked (tag ``blosam.cell``) is not tracked twice. Studies started together on one
+    output folder (one process per task, say) open the store one at a time and share the parent run.
     """
 
     def __init__(self, config: StudyConfig, tracking_uri: str | None = None) -> None:
@@ -26,29 +27,31 @@ class StudyTracker:
 
         self.config = config
         self.uri = tracking_uri or sqlite_uri(config.output_dir)
-        self.client = MlflowClient(self.uri)
-        name = f"blosam_study_{config.name}"
-        exp = self.client.get_experiment_by_name(name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
-        record = config.output_dir / "mlflow_run.json"
-        if record.is_file():
-            self.parent_id = json.loads(record.read_text())["run_id"]
-            self.client.update_run(self.parent_id, status="RUNNING")
-        else:
-            run = self.client.create_run(self.experiment_id, run_name=config.name, tags={"blosam.study": config.name})
-            self.parent_id = run.info.run_id
-            write_json(record, {"run_id": self.parent_id, "uri": self.uri})
-            self.client.log_param(self.parent_id, "config", config.source)
-            for k, v in flatten_params(
-                {
-                    "shots": config.shots,
-                    "seeds": config.seeds,
-                    "tasks": list(config.tasks),
-                    "methods": [m.name for m in config.methods],
-                    "train": config.train,
-                }
-            ).items():
-                self.client.log_param(self.parent_id, k, v[:6000])
+        with store_lock(self.uri):  # studies started together on a fresh folder share one store and one parent run
+            self.client = MlflowClient(self.uri)
+            self.experiment_id = experiment_id(self.client, f"blosam_study_{config.name}")
+            record = config.output_dir / "mlflow_run.json"
+            if record.is_file():
+                self.parent_id = json.loads(record.read_text())["run_id"]
+                self.client.update_run(self.parent_id, status="RUNNING")
+            else:
+                self.parent_id = self._create_parent(record)
+
+    def _create_parent(self, record: Path) -> str:
+        config = self.config
+        run = self.client.create_run(self.experiment_id, run_name=config.name, tags={"blosam.study": config.name})
+        self.client.log_param(run.info.run_id, "config", config.source)
+        params = {
+            "shots": config.shots,
+            "seeds": config.seeds,
+            "tasks": list(config.tasks),
+            "methods": [m.name for m in config.methods],
+            "train": config.train,
+        }
+        for k, v in flatten_params(params).items():
+            self.client.log_param(run.info.run_id, k, v[:6000])
+        write_json(record, {"run_id": run.info.run_id, "uri": self.uri})
+        return run.info.run_id
 
     def _child(self, cell: Cell) -> str:
         runs = self.client.search_runs(

@@ -177,6 +177,50 @@ def test_slab_split_keeps_a_gap(tmp_path):
     assert got == set(range(0, 6)) | set(range(14, 20))
 
 
+_TRACKER = """
+import sys, time
+from pathlib import Path
+from blosam_med.study import load_study
+from blosam_med.study.tracking import StudyTracker
+config = load_study(sys.argv[1])
+Path(sys.argv[3]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+print(StudyTracker(config).parent_id)
+"""
+
+
+def test_studies_started_together_share_one_store_and_parent_run(synthetic_2d, tmp_path):
+    """Without the store lock, three processes opening a fresh mlruns.db together fail in MLflow's migrations."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("mlflow")
+    cfg, go = _config(tmp_path, synthetic_2d), tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TRACKER, str(cfg), str(go), str(r)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in outs]
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1
+    runs = _mlflow_runs(tmp_path / "study")
+    assert [r.info.run_id for r in runs] == list(ids)
+    assert json.loads((tmp_path / "study" / "mlflow_run.json").read_text())["run_id"] in ids
+
+
 def test_study_runs_tracks_resumes_and_survives_a_failed_cell(synthetic_2d, tmp_path, capsys):
     methods = dict(METHODS, broken={"kind": "unet", "channels": [8]})  # MONAI's UNet needs two levels or more
     config = _config(tmp_path, synthetic_2d, methods)
