@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 
 from blosam_med.metrics import mean_metrics
 
-__all__ = ["sqlite_uri", "store_lock", "experiment_id", "find_run", "log_evaluation", "flatten_params", "record_run"]
+__all__ = ["sqlite_uri", "store_lock", "artifact_location", "experiment_id", "find_run", "log_evaluation", "flatten_params", "record_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +54,23 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a sqlite store keeps its artifacts: ``mlruns/`` beside the database, as MONAI's
+    ``MLFlowHandler`` does (MLflow's own default is ``./mlruns`` under the current directory). Other stores: MLflow
+    decides (``None``)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    return (Path(unquote(parsed.path)).parent / "mlruns").resolve().as_uri()
+
+
 def experiment_id(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created when missing (call it under :func:`store_lock`)."""
+    """The id of experiment ``name``, created (artifacts at :func:`artifact_location`) when missing; call it under
+    :func:`store_lock`."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri)))
 
 
 def _sqlite_missing(uri: str) -> bool:
