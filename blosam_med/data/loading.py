@@ -212,8 +212,16 @@ def _to_channels(img: torch.Tensor, task: TaskConfig, path: Path) -> torch.Tenso
     raise ValueError(f"{path}: {c} channels; the task expects {channels} (1 grey or 3 RGB)")
 
 
+#: Mask files whose compression changes values: read as binary masks (:func:`mask_values`).
+LOSSY_EXT = (".jpg", ".jpeg")
+
+
 def mask_values(label: torch.Tensor, path: str | Path) -> torch.Tensor:
     """A (C, ...) mask as one channel: alpha dropped, identical colour channels merged.
+
+    A JPEG mask (Kvasir-SEG ships its masks so) is binary: its colour channels are averaged and values of at least
+    128 become 255, the rest 0, because compression spreads 0 and 255 over about 0-20 and 235-255 and "non-zero is
+    foreground" would take the noise (a JPEG mask whose maximum is below 128, 0/1 values saved so: non-zero is 1).
 
     Raises:
         ValueError: naming the file: NaN/inf values, or several channels that differ (a colour label image).
@@ -221,6 +229,10 @@ def mask_values(label: torch.Tensor, path: str | Path) -> torch.Tensor:
     lab = torch.as_tensor(label)
     if not torch.isfinite(lab.float()).all():
         raise ValueError(f"{path}: mask contains NaN or infinite values")
+    if str(path).lower().endswith(LOSSY_EXT):
+        grey = lab[: 3 if lab.shape[0] >= 3 else 1].float().mean(0, keepdim=True)
+        top, cut = (255.0, 127.5) if float(grey.max()) >= 128 else (1.0, 0.5)
+        return torch.where(grey >= cut, top, 0.0).to(torch.uint8)
     c = lab.shape[0]
     if c in (2, 4):
         lab = lab[: c - 1]

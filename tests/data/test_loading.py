@@ -89,6 +89,26 @@ def test_mask_problems_name_the_file(tmp_path):
     assert int(load_pair(tmp_path / "img.png", tmp_path / "greyrgb.png", GREY)["label"].sum()) > 0
 
 
+def test_jpeg_masks_are_read_as_binary_not_as_compression_noise(tmp_path):
+    """Kvasir-SEG ships RGB JPEG masks: compression spreads 0/255 over ~0-20 / ~235-255."""
+    from PIL import Image
+
+    from blosam_med.data import prepare_datalist
+
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        ref = disc(64, 80, r=12 + 3 * i)
+        write_png(tmp_path / "images" / f"c{i}.png", np.arange(64 * 80).reshape(64, 80) % 251)
+        write_png(tmp_path / "ref" / f"c{i}.png", ref)
+        Image.fromarray(np.repeat(ref[..., None], 3, axis=2)).save(tmp_path / "masks" / f"c{i}.jpg", quality=60)
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "masks" / "c0.jpg")))) > 2  # the noise is there
+    image = tmp_path / "images" / "c0.png"
+    pair = load_pair(image, tmp_path / "masks" / "c0.jpg", GREY, check_labels=True)  # training's check passes
+    assert torch.equal(pair["label"], load_pair(image, tmp_path / "ref" / "c0.png", GREY)["label"])
+    _, datalist = prepare_datalist(tmp_path / "images", tmp_path / "masks", out=tmp_path / "datalist.json")
+    assert sum(len(v) for v in datalist.values() if isinstance(v, list)) == 3
+
+
 def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match=r"broken\.png: unreadable"):
