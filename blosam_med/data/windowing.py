@@ -1,4 +1,5 @@
-"""Intensity windowing to [0, 1]: CT window presets, custom width/level, per-image percentiles, RGB passthrough.
+"""Intensity windowing to [0, 1]: CT window presets, custom width/level, per-image percentiles (optionally followed
+by adaptive histogram equalisation), RGB passthrough.
 
 The array transform :class:`WindowIntensity` holds the math; its dictionary twin :class:`WindowIntensityd` wraps it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, ScaleIntensityRangePercentiles, Transform
@@ -27,7 +29,7 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 
 #: Every accepted ``window`` name: the CT presets, ``custom`` (width/level), ``percentile``, ``rgb``, ``minmax``,
 #: ``none``.
-WINDOW_NAMES: tuple[str, ...] = (*WINDOW_PRESETS, "custom", "percentile", "rgb", "minmax", "none")
+WINDOW_NAMES: tuple[str, ...] = (*WINDOW_PRESETS, "custom", "percentile", "clahe", "rgb", "minmax", "none")
 
 
 def window_range(
@@ -55,6 +57,8 @@ class WindowIntensity(Transform):
             a CT preset of :data:`WINDOW_PRESETS` (``lung``, ``mediastinum``, ``abdomen``, ``bone``, ``brain``),
             clipped outside the window; ``"custom"`` with ``width`` and ``level``; ``"percentile"``: clip to the
             ``lower``-``upper`` percentiles of this image (all channels together), then scale (X-ray, endoscopy);
+            ``"clahe"``: ``"percentile"``, then contrast-limited adaptive histogram equalisation of each channel
+            (scikit-image ``equalize_adapthist``, tiles of 1/8 of each side, clip limit ``clip_limit``);
             ``"rgb"``: 8-bit colour divided by 255 when the maximum exceeds 1, data already in [0, 1] passed through;
             ``"minmax"``: this image's minimum -> 0, maximum -> 1; ``"none"``: data already in [0, 1], passed
             through unchanged. ``None`` with ``width`` and ``level`` means ``"custom"``.
@@ -62,6 +66,7 @@ class WindowIntensity(Transform):
         level: window centre.
         lower: lower percentile for ``"percentile"``, defaults to 0.5.
         upper: upper percentile for ``"percentile"``, defaults to 99.5.
+        clip_limit: ``"clahe"``'s contrast limit in (0, 1] (higher: more contrast), defaults to 0.01.
 
     Raises:
         ValueError: an unknown window name or incomplete width/level (at construction); NaN or infinite input, or
@@ -77,6 +82,7 @@ class WindowIntensity(Transform):
         level: float | None = None,
         lower: float = 0.5,
         upper: float = 99.5,
+        clip_limit: float = 0.01,
     ) -> None:
         if window is None or (width is not None and level is not None):
             window = window if window in WINDOW_PRESETS else "custom"
@@ -89,7 +95,10 @@ class WindowIntensity(Transform):
             a_min, a_max = window_range("custom" if custom else window, width, level)
             self.range = (a_min, a_max)
             self._scaler = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True, dtype=torch.float32)  # type: ignore[arg-type]  # MONAI accepts torch dtypes
-        elif window == "percentile":
+        elif window in ("percentile", "clahe"):
+            if window == "clahe" and not 0 < clip_limit <= 1:
+                raise ValueError(f"clahe needs 0 < clip_limit <= 1, got {clip_limit}")
+            self.clip_limit = clip_limit
             if not 0 <= lower < upper <= 100:
                 raise ValueError(f"percentiles need 0 <= lower < upper <= 100, got {lower}, {upper}")
             self._scaler = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=True, dtype=torch.float32)  # type: ignore[arg-type]  # MONAI accepts torch dtypes
@@ -101,10 +110,12 @@ class WindowIntensity(Transform):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"image has {bad} NaN or infinite values; fix or mask them before windowing")
         if self._scaler is not None:
-            if self.window == "percentile" and x.numel() and x.max() == x.min():
+            if self.window in ("percentile", "clahe") and x.numel() and x.max() == x.min():
                 out = torch.zeros_like(x)  # a constant image has no range to scale
             else:
                 out = self._scaler(x)
+                if self.window == "clahe":
+                    out = self._equalize(out)
         elif self.window == "rgb":
             if x.numel() and x.min() < 0:
                 raise ValueError(f"window 'rgb' expects 0-255 or [0, 1] colour values, found minimum {float(x.min())}")
@@ -124,6 +135,14 @@ class WindowIntensity(Transform):
         return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
 
 
+    def _equalize(self, x: torch.Tensor) -> torch.Tensor:
+        from skimage.exposure import equalize_adapthist
+
+        a = x.detach().cpu().float().numpy()
+        eq = [equalize_adapthist(c, clip_limit=self.clip_limit) if c.max() > c.min() else c for c in a]
+        return torch.as_tensor(np.stack(eq), dtype=torch.float32)
+
+
 class WindowIntensityd(MapTransform):
     """Dictionary-based :class:`WindowIntensity`.
 
@@ -134,6 +153,7 @@ class WindowIntensityd(MapTransform):
         level: see :class:`WindowIntensity`.
         lower: see :class:`WindowIntensity`.
         upper: see :class:`WindowIntensity`.
+        clip_limit: see :class:`WindowIntensity`.
         allow_missing_keys: don't raise when a key is absent.
     """
 
@@ -147,10 +167,11 @@ class WindowIntensityd(MapTransform):
         level: float | None = None,
         lower: float = 0.5,
         upper: float = 99.5,
+        clip_limit: float = 0.01,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.windower = WindowIntensity(window, width, level, lower, upper)
+        self.windower = WindowIntensity(window, width, level, lower, upper, clip_limit)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

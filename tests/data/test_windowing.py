@@ -69,6 +69,24 @@ def test_percentile_of_constant_image_is_zero_not_nan():
     assert torch.equal(out, torch.zeros(1, 4, 4))
 
 
+def test_clahe_raises_local_contrast_in_a_dim_region_and_stays_in_unit_range():
+    rng = np.random.default_rng(0)
+    x = np.full((1, 64, 64), 100.0, np.float32)
+    x[0, :, 32:] = 900.0  # a bright half that sets the global range
+    x[0, :, :32] += rng.normal(0, 5, (64, 32))  # faint texture in the dark half
+    x[0, 0, 0], x[0, -1, -1] = x.min() - 50, x.max() + 50  # keep the percentile clip from cutting the texture
+    plain = WindowIntensity("percentile")(torch.as_tensor(x))
+    eq = WindowIntensity("clahe")(MetaTensor(torch.as_tensor(x), affine=torch.diag(torch.tensor([2.0, 3.0, 1.0]))))
+    assert isinstance(eq, MetaTensor) and eq.dtype == torch.float32 and eq.shape == plain.shape
+    assert float(eq.min()) >= 0.0 and float(eq.max()) <= 1.0
+    assert float(eq[0, :, :32].std()) > 3 * float(plain[0, :, :32].std())  # the dim half's texture is stretched
+    stronger = WindowIntensity("clahe", clip_limit=0.05)(torch.as_tensor(x))
+    assert float(stronger[0, :, :32].std()) > float(eq[0, :, :32].std())
+    assert torch.equal(WindowIntensity("clahe")(torch.full((1, 8, 8), 3.0)), torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match="clip_limit"):
+        WindowIntensity("clahe", clip_limit=0.0)
+
+
 def test_rgb_divides_8bit_and_passes_unit_range():
     x = torch.tensor([[[0, 51, 255]]], dtype=torch.uint8)
     assert torch.allclose(WindowIntensity("rgb")(x), torch.tensor([[[0.0, 0.2, 1.0]]]))
