@@ -12,7 +12,16 @@ from urllib.parse import unquote, urlparse
 
 from blosam_med.metrics import mean_metrics
 
-__all__ = ["sqlite_uri", "store_lock", "artifact_location", "experiment_id", "find_run", "log_evaluation", "flatten_params", "record_run"]
+__all__ = [
+    "sqlite_uri",
+    "store_lock",
+    "artifact_location",
+    "experiment_id",
+    "find_run",
+    "log_evaluation",
+    "flatten_params",
+    "record_run",
+]
 
 logger = logging.getLogger(__name__)
 

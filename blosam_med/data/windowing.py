@@ -134,7 +134,6 @@ class WindowIntensity(Transform):
         out = convert_to_tensor(out, dtype=torch.float32, track_meta=True)
         return convert_to_dst_type(out, dst=img, dtype=torch.float32)[0]
 
-
     def _equalize(self, x: torch.Tensor) -> torch.Tensor:
         from skimage.exposure import equalize_adapthist
 
