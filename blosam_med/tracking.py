@@ -45,19 +45,25 @@ def sqlite_uri(output_dir: str | Path) -> str:
     return path_to_sqlite_uri(str(Path(output_dir) / "mlruns.db"))
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``sqlite:////abs/db`` absolute, ``sqlite:///db`` relative, as in
+    SQLAlchemy); ``None`` for other stores."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)[1:]) if parsed.scheme == "sqlite" else None
+
+
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """Hold ``<database>.lock`` (an exclusive file lock) while opening a sqlite MLflow store and creating what a run
     needs in it. MLflow migrates a fresh database's schema on first use, and two processes doing that together
     fail ("table ... already exists"); they also race to create the same experiment. Other stores: no lock.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
+    database = _sqlite_path(uri)
+    if database is None:
         yield
         return
     from filelock import FileLock
 
-    database = Path(unquote(parsed.path))
     database.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{database}.lock"):
         yield
@@ -67,10 +73,10 @@ def artifact_location(uri: str) -> str | None:
     """Where a new experiment of a sqlite store keeps its artifacts: ``mlruns/`` beside the database, as MONAI's
     ``MLFlowHandler`` does (MLflow's own default is ``./mlruns`` under the current directory). Other stores: MLflow
     decides (``None``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite":
-        return None
-    return (Path(unquote(parsed.path)).parent / "mlruns").resolve().as_uri()
+    from monai.utils import path_to_uri
+
+    database = _sqlite_path(uri)
+    return None if database is None else path_to_uri(database.parent / "mlruns")
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -83,8 +89,8 @@ def experiment_id(client: Any, name: str) -> str:
 
 
 def _sqlite_missing(uri: str) -> bool:
-    parsed = urlparse(uri)
-    return parsed.scheme == "sqlite" and not Path(unquote(parsed.path)).is_file()
+    database = _sqlite_path(uri)
+    return database is not None and not database.is_file()
 
 
 def find_run(tracking_uri: str, experiment_name: str, run_name: str, status: str | None = None) -> Any | None:

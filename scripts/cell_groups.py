@@ -32,7 +32,8 @@ def grouped(path: Path, pattern: re.Pattern[str], metric: str) -> dict[str, list
         if case.get(metric) is None:
             continue
         found = pattern.search(str(case["case"]))
-        groups[found.group(1) if found and found.groups() else found.group(0) if found else "-"].append(case[metric])
+        name = "-" if found is None else found.group(1 if pattern.groups else 0)
+        groups[name].append(case[metric])
     return groups
 
 
