@@ -4,7 +4,8 @@
         --tasks lung_xray polyp teeth lung_ct --cache-dir runs/study_cache --install
 
 With ``--from-study runs/study_fewshot --cell k4_s0/blosam`` the adapters of a finished study cell are installed
-instead (no training). Each task is trained with ``blosam train`` on the training split of the study's datalist (so the shipped adapter
+instead (no training); ``--from-installed --refresh-presets`` gives the installed adapters the current presets'
+inference keys and scores them again (no training). Each task is trained with ``blosam train`` on the training split of the study's datalist (so the shipped adapter
 never saw the study's test cases), on every training image (``--shots 0``; every labelled training slice for a
 volume task) with the bundle's default method and options, and scored with ``blosam evaluate`` on its test split
 and, for the 2D tasks, on the 160-image evaluation pool ``<data-root>/eval/<task>``; ``--install`` copies
@@ -80,6 +81,8 @@ def _postprocess(task: dict) -> str:
     if task.get("flips"):
         names = {"h": "left-right", "v": "up-down"}
         parts.append("test-time flips (" + ", ".join(names[f] for f in task["flips"]) + ") averaged")
+    if task.get("threshold", 0.5) != 0.5:
+        parts.append(f"foreground where the probability exceeds {task['threshold']:g} (not 0.5)")
     if task.get("refine_boxes"):
         parts.append(
             f"box refinement (the {task['refine_boxes']} largest component(s) re-segmented from a box prompt by "
@@ -226,6 +229,12 @@ def main() -> int:
         help="take the adapters of a finished study's cells instead of training (see --cell)",
     )
     p.add_argument("--cell", default="k4_s0/blosam", help="with --from-study: the cell under cells/<task>/")
+    p.add_argument(
+        "--from-installed",
+        action="store_true",
+        help="start from the adapters installed in the package (copied to --out; no training), e.g. with "
+        "--refresh-presets to give them the current presets' inference keys and score them again",
+    )
     p.add_argument("--install", action="store_true", help="copy into blosam_med/assets/adapters with a model card")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
@@ -240,6 +249,9 @@ def main() -> int:
         out = Path(args.from_study) / "cells" / task / args.cell / "train" if args.from_study else Path(args.out) / task
         if args.from_study and not (out / "adapter.pt").is_file():
             raise SystemExit(f"{out / 'adapter.pt'}: the study cell has not finished")
+        if args.from_installed and not (out / "adapter.pt").is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "adapter.pt", partial(shutil.copyfile, SHIPPED_DIR / task / "adapter.pt"))
         if not (out / "adapter.pt").is_file():
             rc = blosam(
                 [
@@ -298,7 +310,12 @@ def main() -> int:
         if args.install:
             metrics = json.loads(scores.read_text())
             pool_metrics = json.loads(pool_scores.read_text()) if pool.is_dir() else None
-            run = json.loads((out / "metrics.json").read_text())
+            # the training run's record; an installed adapter carries the same draw and parameters in its file
+            run = (
+                json.loads((out / "metrics.json").read_text())
+                if (out / "metrics.json").is_file()
+                else read_adapter(out / "adapter.pt")["extra"]
+            )
             card = model_card(
                 task,
                 metrics,

@@ -28,7 +28,15 @@ NONZERO = "nonzero"
 
 #: Task preset keys that act at inference only: they change predictions without retraining (a trained adapter's
 #: stored preset may take new values; a study may rescore its cells).
-INFERENCE_KEYS = ("keep_components", "fill_holes", "flips", "refine_boxes", "refine_gate", "empty_below")
+INFERENCE_KEYS = (
+    "keep_components",
+    "fill_holes",
+    "flips",
+    "refine_boxes",
+    "refine_gate",
+    "threshold",
+    "empty_below",
+)
 
 #: Test-time flips a task preset may ask for, and the image dimensions each reverses.
 FLIPS: dict[str, tuple[int, ...]] = {"h": (-1,), "v": (-2,)}
@@ -66,6 +74,10 @@ class TaskConfig:
             mask replaces the prediction if it agrees with it (Dice >= ``refine_gate``); ``0`` (default): off.
             Chosen per task on the evaluation pool (``scripts/screen_refine.py``).
         refine_gate: the agreement box refinement needs, a Dice in [0, 1].
+        threshold: the probability (after the flips are averaged) above which a pixel is foreground, in (0, 1);
+            predicted logits are shifted by its logit, so masks, box refinement and saved probability maps all
+            decide at 0.5 of the shifted value. Chosen per task on the evaluation pool (``scripts/screen_tta.py
+            --thresholds``); default 0.5.
         empty_below: volumes, opt-in: a slice whose every voxel is below this intensity (image units, HU for CT;
             e.g. ``-900``: air only, outside the body) is predicted empty (probability 0) without running the encoder
             or decoder. Needs a fixed window (a CT preset or ``custom``) whose range holds the value; it is checked
@@ -93,6 +105,7 @@ class TaskConfig:
     flips: tuple[str, ...] = ()
     refine_boxes: int = 0
     refine_gate: float = 0.6
+    threshold: float = 0.5
     empty_below: float | None = None
     description: str = field(default="", compare=False)
 
@@ -117,6 +130,8 @@ class TaskConfig:
                 f"{where}: refine_boxes must be >= 0 (0: off) and refine_gate a Dice in [0, 1], "
                 f"got {self.refine_boxes} and {self.refine_gate}"
             )
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(f"{where}: threshold must be a probability strictly between 0 and 1, got {self.threshold}")
         if int(self.shots) < 1 or int(self.every_n) < 1:
             raise ValueError(f"{where}: shots and every_n must be >= 1, got {self.shots}, {self.every_n}")
         flips = (self.flips,) if isinstance(self.flips, str) else tuple(self.flips or ())

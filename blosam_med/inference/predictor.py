@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TypedDict
 
@@ -40,8 +41,12 @@ class Predictor:
         refine: per model, ``(components, gate)`` of box refinement (:class:`blosam_med.inference.refine.BoxRefiner`,
             on the unflipped image's embedding, after the flips are averaged) or ``(0, gate)`` for none. ``None``:
             no refinement.
+        thresholds: per model, the probability above which a pixel is foreground: its logits (after the flips,
+            before refinement) are shifted by ``logit(threshold)``, so everything downstream decides at logit 0.
+            ``None``: 0.5 for every model.
 
-    :func:`preset_options` gives ``postprocess``, ``flips`` and ``refine`` from each model's task preset.
+    :func:`preset_options` gives ``postprocess``, ``flips``, ``refine`` and ``thresholds`` from each model's task
+    preset.
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class Predictor:
         postprocess: Sequence[Callable | None] | None = None,
         flips: Sequence[Sequence[str]] | None = None,
         refine: Sequence[tuple[int, float]] | None = None,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
@@ -74,6 +80,12 @@ class Predictor:
             BoxRefiner(m.backbone, n, gate).to(self.device) if n else None
             for m, (n, gate) in zip(self.models, refine or [(0, 0.0)] * len(self.models), strict=True)
         ]
+        self.thresholds = list(thresholds) if thresholds is not None else [0.5] * len(self.models)
+        if len(self.thresholds) != len(self.models) or not all(0.0 < t < 1.0 for t in self.thresholds):
+            raise ValueError(
+                f"thresholds must give, per model ({len(self.models)}), a probability in (0, 1): {thresholds}"
+            )
+        self.shifts = [math.log(t / (1.0 - t)) for t in self.thresholds]
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.cache = (
@@ -111,7 +123,7 @@ class Predictor:
                         lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
                         found[i][j].append(lg.flip(dims) if dims else lg)
             for j in range(len(chunk)):
-                per_image = [mean_probability_logit(found[i][j]) for i in range(len(self.models))]
+                per_image = [mean_probability_logit(found[i][j]) - self.shifts[i] for i in range(len(self.models))]
                 with autocast(self.device, self.amp_dtype):
                     per_image = [
                         r(plain[j : j + 1], lg).float() if r is not None else lg
@@ -129,15 +141,17 @@ class PresetOptions(TypedDict):
     postprocess: list[Callable | None]
     flips: list[tuple[str, ...]]
     refine: list[tuple[int, float]]
+    thresholds: list[float]
 
 
 def preset_options(presets: Sequence[TaskConfig]) -> PresetOptions:
-    """:class:`Predictor` keywords from each model's task preset: mask post-processing, test-time flips and box
-    refinement."""
+    """:class:`Predictor` keywords from each model's task preset: mask post-processing, test-time flips, box
+    refinement and the decision threshold."""
     return {
         "postprocess": [mask_postprocess(t.keep_components, t.fill_holes) for t in presets],
         "flips": [t.flips for t in presets],
         "refine": [(t.refine_boxes, t.refine_gate) for t in presets],
+        "thresholds": [float(t.threshold) for t in presets],
     }
 
 

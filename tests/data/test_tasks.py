@@ -86,3 +86,13 @@ def test_empty_below_is_opt_in_and_maps_onto_the_window():
 def test_empty_below_refuses_what_it_cannot_check(fields, message):
     with pytest.raises(ValueError, match=message):
         TaskConfig(name="t", **{"empty_below": -900, **fields})
+
+
+def test_threshold_is_a_probability_and_older_presets_read_as_one_half():
+    task = TaskConfig(name="x", threshold=0.4)
+    assert TaskConfig.from_dict(task.to_dict()) == task
+    stored = {k: v for k, v in task.to_dict().items() if k != "threshold"}  # an adapter saved before the key
+    assert TaskConfig.from_dict(stored).threshold == 0.5
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match=f"task 'x': threshold must be a probability.*got {bad}"):
+            TaskConfig(name="x", threshold=bad)

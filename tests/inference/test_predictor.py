@@ -81,3 +81,17 @@ def _other_backbone_model() -> BloSam:
     backbone = build_backbone("tiny")
     backbone.name = "other"
     return BloSam(backbone)
+
+
+def test_a_lower_threshold_keeps_the_pixels_above_it(tiny_backbone):
+    """thresholds=[t] shifts the logits by logit(t): the mask is then the probability above t, as the preset asks."""
+    model = _model(tiny_backbone, 1)
+    images = _images()
+    plain = Predictor([model]).logits(images)
+    for t in (0.3, 0.7):
+        shifted = Predictor([model], thresholds=[t]).logits(images)
+        for a, b in zip(plain, shifted, strict=True):
+            assert torch.allclose(b, a - torch.logit(torch.tensor(t)), atol=1e-5)
+            assert torch.equal(b > 0, torch.sigmoid(a) > t)
+    with pytest.raises(ValueError, match=r"thresholds must give, per model \(1\), a probability in \(0, 1\)"):
+        Predictor([model], thresholds=[1.0])
