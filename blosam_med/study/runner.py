@@ -358,7 +358,7 @@ def run_study(
 
     ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`) for the study's embeddings.
     ``rescore``: finished bundle cells are scored again with their saved adapter and today's task presets
-    (post-processing, flips, box refinement: :data:`INFERENCE_KEYS`) without retraining, so that every row of the
+    (post-processing, flips, box refinement, threshold: :data:`INFERENCE_KEYS`) without retraining, so that every row of the
     report uses the same inference; their training record and time are kept (``result["rescored"]`` says when).
 
     A cell is done when ``<output_dir>/cells/<cell id>/result.json`` exists, or its record (``config.records``,
