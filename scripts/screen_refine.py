@@ -47,13 +47,14 @@ def screen_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="*")
     parser.add_argument("--methods", nargs="*", help="only these study methods' cells")
     parser.add_argument("--engine", default="torch", help="encoder engine (the study's: torch)")
+    parser.add_argument("--threshold", type=float, help="decision threshold instead of the preset's (with refine)")
     parser.add_argument("--out", help="write the per-adapter scores to this JSON file")
     return parser
 
 
 def screen(args: argparse.Namespace, candidates: Callable[..., dict[str, float]], refine: bool = False) -> None:
     """Every adapter of ``args`` predicts its task's pool with today's preset (flips, post-processing; with ``refine``
-    also box refinement and the threshold), then ``candidates(images, refs, first, options, cache, models)`` scores
+    also box refinement and the threshold, ``args.threshold`` if given), then ``candidates(images, refs, first, options, cache, models)`` scores
     the settings against ``none``; prints each adapter's scores and their means per method."""
     torch.set_grad_enabled(False)
     config = load_study(args.config)
@@ -66,6 +67,8 @@ def screen(args: argparse.Namespace, candidates: Callable[..., dict[str, float]]
             pools[task] = eval_samples(config, task, preset)
         models, _, _ = load_adapters([path])
         options = preset_options([preset])  # today's preset, not the stored one
+        if args.threshold is not None:
+            options["thresholds"] = [args.threshold]
         cache = EmbeddingCache(models[0].backbone, args.cache_dir, engine=args.engine)
         keys = options if refine else {"postprocess": options["postprocess"], "flips": options["flips"]}
         predictor = Predictor(models, cache, batch_size=1, **keys)

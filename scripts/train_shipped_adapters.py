@@ -15,6 +15,7 @@ and, for the 2D tasks, on the 160-image evaluation pool ``<data-root>/eval/<task
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 from functools import partial
@@ -249,9 +250,16 @@ def main() -> int:
         out = Path(args.from_study) / "cells" / task / args.cell / "train" if args.from_study else Path(args.out) / task
         if args.from_study and not (out / "adapter.pt").is_file():
             raise SystemExit(f"{out / 'adapter.pt'}: the study cell has not finished")
-        if args.from_installed and not (out / "adapter.pt").is_file():
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / "adapter.pt", partial(shutil.copyfile, SHIPPED_DIR / task / "adapter.pt"))
+        if args.from_installed:
+            installed = SHIPPED_DIR / task / "adapter.pt"
+            if not (out / "adapter.pt").is_file():
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write(out / "adapter.pt", partial(shutil.copyfile, installed))
+            elif not filecmp.cmp(out / "adapter.pt", installed, shallow=False):
+                raise SystemExit(
+                    f"{out / 'adapter.pt'}: differs from the installed {installed}; remove it (or choose another --out) "
+                    "to start from the installed adapter"
+                )
         if not (out / "adapter.pt").is_file():
             rc = blosam(
                 [

@@ -80,12 +80,12 @@ class Predictor:
             BoxRefiner(m.backbone, n, gate).to(self.device) if n else None
             for m, (n, gate) in zip(self.models, refine or [(0, 0.0)] * len(self.models), strict=True)
         ]
-        self.thresholds = list(thresholds) if thresholds is not None else [0.5] * len(self.models)
-        if len(self.thresholds) != len(self.models) or not all(0.0 < t < 1.0 for t in self.thresholds):
+        chosen = list(thresholds) if thresholds is not None else [0.5] * len(self.models)
+        if len(chosen) != len(self.models) or not all(0.0 < t < 1.0 for t in chosen):
             raise ValueError(
                 f"thresholds must give, per model ({len(self.models)}), a probability in (0, 1): {thresholds}"
             )
-        self.shifts = [math.log(t / (1.0 - t)) for t in self.thresholds]
+        self.shifts = [math.log(t / (1.0 - t)) for t in chosen]  # logit(threshold), subtracted from the logits
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
         self.cache = (
