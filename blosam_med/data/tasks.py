@@ -64,25 +64,26 @@ class TaskConfig:
         every_n: training keeps every n-th slice of a volume.
         shot_unit: for volumes, a shot is one annotated ``slice`` or a whole volume (``case``).
         keep_components: predicted masks keep only their ``n`` largest connected components (``0``: all), per 2D
-            image or slice; chosen per task on the evaluation pool (``scripts/screen_postprocess.py``).
+            image or slice; chosen per task on the evaluation pool (``docs/results.md``, post-processing).
         fill_holes: predicted masks get their enclosed holes filled.
         flips: test-time flips: each (``"h"`` left-right, ``"v"`` up-down) adds a prediction of the flipped image,
             flipped back and averaged with the others as probabilities (one more encoder pass each); chosen per task
-            on the evaluation pool (``scripts/screen_tta.py``).
+            on the evaluation pool (``docs/results.md``, test-time flips; ``scripts/screen_tta.py`` at commit 3a26d00).
         refine_boxes: box refinement (:class:`blosam_med.inference.refine.BoxRefiner`): the ``n`` largest connected
             components of the predicted mask each give a box prompt to the backbone's pretrained decoder, whose
             mask replaces the prediction if it agrees with it (Dice >= ``refine_gate``); ``0`` (default): off.
-            Chosen per task on the evaluation pool (``scripts/screen_refine.py``).
+            Chosen per task on the evaluation pool (``docs/results.md``, box refinement; ``scripts/screen_refine.py`` at
+            commit 3a26d00).
         refine_gate: the agreement box refinement needs, a Dice in [0, 1].
         threshold: the probability (after the flips are averaged) above which a pixel is foreground, in (0, 1);
             predicted logits are shifted by its logit, so masks, box refinement and saved probability maps all
-            decide at 0.5 of the shifted value. Chosen per task on the evaluation pool (``scripts/screen_tta.py
-            --thresholds``); default 0.5.
+            decide at 0.5 of the shifted value. Chosen per task on the evaluation pool (``docs/results.md``, decision
+            threshold); default 0.5.
         empty_below: volumes, opt-in: a slice whose every voxel is below this intensity (image units, HU for CT;
             e.g. ``-900``: air only, outside the body) is predicted empty (probability 0) without running the encoder
             or decoder. Needs a fixed window (a CT preset or ``custom``) whose range holds the value; it is checked
             on the windowed slice. Set it only for an adapter that predicts nothing on such slices, or masks change
-            (README "Inference speed"). ``None`` (default): every slice is predicted.
+            (``docs/speed.md``, empty slices). ``None`` (default): every slice is predicted.
         description: free text.
     """
 
