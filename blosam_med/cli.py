@@ -350,6 +350,30 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- bundle
+def _add_bundle(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="write a MONAI model-zoo bundle of one trained adapter (or a shipped task)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", help="adapter file written by blosam train")
+    which.add_argument("--task", help="a shipped task: polyp, lung_xray, teeth, lung_ct")
+    p.add_argument("--out", required=True, help="bundle folder to write, e.g. bundles/blosam_mytask")
+    p.add_argument("--preset", default=None, help="task preset (name or YAML); default: the one the adapter stores")
+    p.add_argument("--link", action="store_true", help="models/model.pt links to the adapter instead of a copy")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_bundle)
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    from blosam_med.model.shipped import shipped_adapter
+    from blosam_med.task_bundle import make_task_bundle
+
+    adapter = Path(args.adapter) if args.adapter else shipped_adapter(args.task)
+    preset = args.preset if args.preset or args.adapter else args.task
+    out = make_task_bundle(args.out, adapter, preset=preset, link=args.link, overwrite=args.overwrite)
+    print(json.dumps({"bundle": str(out), "model": str(out / "models" / "model.pt")}))
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- infer
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="prompt-free segmentation of images, DICOM, NIfTI volumes, folders, datalists")
@@ -544,6 +568,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_infer,
     _add_study,
+    _add_bundle,
 ]
 
 

@@ -90,7 +90,7 @@ class BiLevelTrainer(Trainer):
     carries ``"loss"`` as a dict of floats (``loss_lower``, ``loss_upper``; ``loss_joint`` single-level), which
     ``from_engine(["loss"], first=True)`` hands to StatsHandler and MLFlowHandler as one metric per key.
 
-    Several processes (``distributed=True``, under ``torchrun`` with ``bundles/blosam/configs/multi_gpu_train.yaml``):
+    Several processes (``distributed=True``, under ``torchrun`` with ``the bundle's configs/multi_gpu_train.yaml``):
     each process gets a shard of every A and B batch (:func:`blosam_med.distributed.shard_loader`), the trained
     parameters start from rank 0's values, and every gradient is averaged over the processes before it is used: the
     lower (or joint) step's gradients after ``backward``, and inside the hypergradient each gradient it is built from
@@ -149,7 +149,7 @@ class BiLevelTrainer(Trainer):
         if distributed and not dist_utils.is_distributed():
             raise ValueError(
                 "distributed=True needs an initialised torch.distributed process group: run under "
-                "torchrun with bundles/blosam/configs/multi_gpu_train.yaml merged after train.yaml"
+                "torchrun with the bundle's configs/multi_gpu_train.yaml merged after train.yaml"
             )
         super().__init__(
             device=device,

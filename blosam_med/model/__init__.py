@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from blosam_med.model.adapter import DECODER_HEADS, LORA_TARGET, LoraSettings, count_lora_modules, inject_lora
 from blosam_med.model.backbones import (
     BACKBONES,
@@ -18,6 +15,8 @@ from blosam_med.model.blosam import PROMPT_PARAMETER, BloSam, PromptFreeDecoder
 from blosam_med.model.checkpoint import BackboneMismatchError, load_adapter, merge_adapters, read_adapter, save_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.ensemble import AdapterEnsemble, PromptFreeModel, mean_probability_logit
+from blosam_med.model.network import PromptFreeNetwork
+from blosam_med.model.paths import default_cache_dir
 from blosam_med.model.preprocess import postprocess_logits, preprocess_batch, preprocess_image, resized_shape
 
 __all__ = [
@@ -33,6 +32,7 @@ __all__ = [
     "LoraSettings",
     "PROMPT_PARAMETER",
     "PromptFreeModel",
+    "PromptFreeNetwork",
     "Preprocessing",
     "PromptFreeDecoder",
     "build_backbone",
@@ -51,11 +51,6 @@ __all__ = [
     "resized_shape",
     "save_adapter",
 ]
-
-
-def default_cache_dir() -> Path:
-    """Embedding cache folder: ``$BLOSAM_CACHE`` or ``~/.cache/blosam_med/embeddings``."""
-    return Path(os.environ.get("BLOSAM_CACHE", Path.home() / ".cache" / "blosam_med" / "embeddings"))
 
 
 def describe_model(backbone: str = "litemedsam", checkpoint: str | None = None, lora_rank: int = 4) -> dict:

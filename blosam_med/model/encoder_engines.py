@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from blosam_med.model.backbones import Backbone
+from blosam_med.model.paths import default_cache_dir
 
 __all__ = [
     "ENGINES",
@@ -262,8 +263,6 @@ def build_engine(
     if name == "torch":
         return TorchEngine(backbone.image_encoder, device, amp_dtype)
     if root is None:
-        from blosam_med.model import default_cache_dir
-
         root = default_cache_dir()
     try:
         return RuntimeEngine(name, _SESSIONS[name](export_encoder(backbone, name, root)))

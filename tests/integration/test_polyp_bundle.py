@@ -13,8 +13,8 @@ import pytest
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = "['bundles/blosam/configs/train.yaml','configs/polyp.yaml']"
-EVAL_CONFIGS = "['bundles/blosam/configs/train.yaml','configs/polyp.yaml','bundles/blosam/configs/evaluate.yaml']"
+CONFIGS = "['blosam_med/bundle/configs/train.yaml','configs/polyp.yaml']"
+EVAL_CONFIGS = "['blosam_med/bundle/configs/train.yaml','configs/polyp.yaml','blosam_med/bundle/configs/evaluate.yaml']"
 
 
 def _bundle(run_id, configs, *args, env):
