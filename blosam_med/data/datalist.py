@@ -141,7 +141,7 @@ def _check_pair(pair: dict, label_values: Sequence[int] | None, require_foregrou
     if bad:
         problems.append(f"{image_path}: {bad} NaN or infinite values")
     try:
-        label = read_image(label_path)
+        label = read_image(label_path, mask=True)
         lab = mask_values(label, label_path)
     except (ValueError, FileNotFoundError, OSError) as err:
         return problems + [str(err)]
@@ -365,7 +365,9 @@ def prepare_datalist(
         the written path and the datalist (absolute paths).
 
     Raises:
-        OutputExistsError, FileNotFoundError, DatalistError (all problems).
+        OutputExistsError: ``out`` exists and ``overwrite`` is false.
+        FileNotFoundError: a folder is missing.
+        DatalistError: all problems found in the pairs, at once.
     """
     check_writable(out, overwrite)
     datalist = build_datalist(

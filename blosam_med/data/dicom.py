@@ -6,9 +6,13 @@ opaque reader error, or a silently wrong volume (two series mixed, missing slice
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,9 @@ __all__ = [
     "series_non_images",
     "itk_series_id",
     "NON_IMAGE_MODALITIES",
+    "install_hint",
+    "undecodable_message",
+    "quiet_native_stderr",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,9 +95,113 @@ def _check_pixels(path: Path, ds: pydicom.Dataset, decode: bool) -> None:
             raise ValueError(f"{path}: truncated pixel data ({found} of {expected} bytes); the file is incomplete")
     if decode or compressed:
         try:
-            ds.pixel_array  # noqa: B018 - decoding catches corrupt or unsupported compressed data
+            with _quiet_pydicom():
+                ds.pixel_array  # noqa: B018 - decoding catches corrupt or unsupported compressed data
         except Exception as err:
-            raise ValueError(f"{path}: pixel data cannot be decoded ({type(err).__name__}: {err})") from err
+            if not compressed:
+                raise ValueError(f"{path}: pixel data cannot be decoded ({_one_line(err)})") from err
+            if _itk_decodes(path):  # the reader (ITK's GDCM) has a decoder pydicom lacks
+                logger.info("%s: decoded by ITK (GDCM); pydicom could not (%s)", path, _one_line(err))
+                return
+            raise ValueError(undecodable_message(path, ds.file_meta.TransferSyntaxUID, err)) from err
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` on one line (pydicom lists each decoding plugin's failure on a line of its own)."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()).replace(":; ", ": ")
+    return f"{type(err).__name__}: {text}"
+
+
+#: pip names of the packages that pydicom's ``missing_dependencies`` names by their import names.
+_PIP_NAMES = {"gdcm": "python-gdcm"}
+
+
+def install_hint(uid: str) -> str | None:
+    """What to install so that pydicom decodes transfer syntax ``uid``, from pydicom's own list of the plugins it
+    lacks: ``"pip install pylibjpeg pylibjpeg-libjpeg, or pip install python-gdcm"``; ``None`` when none is missing.
+    """
+    from pydicom.pixels import get_decoder
+
+    try:
+        missing = get_decoder(pydicom.uid.UID(uid)).missing_dependencies
+    except NotImplementedError:  # pydicom has no decoder of this syntax at all
+        return None
+    options = []
+    for line in missing:  # "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
+        _, _, required = line.partition(" - requires ")
+        names = [r.split(">=")[0].split("==")[0].strip() for r in required.split(" and ")]
+        names = [_PIP_NAMES.get(n, n) for n in names if n and n != "numpy"]
+        if names:
+            options.append("pip install " + " ".join(names))
+    return ", or ".join(options) or None
+
+
+def undecodable_message(path: str | Path, uid: str, err: BaseException | None = None) -> str:
+    """One line: the file, its transfer syntax (name and UID), why decoding failed and what to install."""
+    syntax = pydicom.uid.UID(uid)
+    hint = install_hint(syntax)
+    tried = err is not None and "raised by all available plugins" in str(err)
+    if hint:
+        fix = f"install a decoder pydicom uses: {hint}"
+    elif tried:
+        fix = "every installed decoder failed: the pixel data may be corrupt"
+    else:
+        fix = "neither pydicom nor ITK has a decoder for it; convert the file to an uncompressed transfer syntax"
+    why = f" ({_one_line(err)})" if tried and err is not None else ""
+    return (
+        f"{path}: compressed pixel data in transfer syntax '{syntax.name}' ({syntax}) that neither pydicom nor ITK "
+        f"decodes{why}; {fix}"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """Keep pydicom's decoding log (a traceback per failing plugin) out of ours; the error says the same."""
+    log = logging.getLogger("pydicom")
+    before = log.propagate
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.propagate = before
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Capture what native code (GDCM inside ITK) prints to the process's stderr, and log it at debug level.
+
+    GDCM prints its decoders' notes ("Unsupported JPEG data precision 12") even when it then decodes the image.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner): nothing to hide
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("native stderr: %s", text.replace("\n", "; "))
+
+
+def _itk_decodes(path: Path) -> bool:
+    """Whether ITK (the reader :mod:`blosam_med.data.loading` uses) decodes the file's pixel data."""
+    import itk
+
+    try:
+        with quiet_native_stderr():
+            itk.imread(str(path))
+    except Exception:  # ITK raises RuntimeError naming GDCMImageIO; any failure means "no"
+        return False
+    return True
 
 
 def dicom_info(ds: pydicom.Dataset) -> dict[str, Any]:
@@ -106,6 +217,8 @@ def dicom_info(ds: pydicom.Dataset) -> dict[str, Any]:
         "modality": str(ds.get("Modality", "")),
         "spacing": None if not spacing else (float(spacing[0]), float(spacing[1])),
         "rescale": (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)),
+        "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        "transfer_syntax": str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")),
     }
 
 
@@ -114,7 +227,8 @@ def check_dicom_file(path: str | Path) -> dict[str, Any]:
 
     Raises:
         ValueError: naming the file: not DICOM, truncated header or pixel data, no pixel data (RTSTRUCT, SR, ...),
-            undecodable compressed pixel data.
+            compressed pixel data that neither pydicom nor ITK decodes (:func:`undecodable_message`: the transfer
+            syntax and the package to install).
     """
     path = Path(path)
     ds = _read(path, stop_before_pixels=False)

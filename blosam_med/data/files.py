@@ -7,7 +7,7 @@ from pathlib import Path
 __all__ = ["RASTER_EXT", "NIFTI_EXT", "DICOM_EXT", "IMAGE_EXT", "case_id"]
 
 #: File endings read with PIL.
-RASTER_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+RASTER_EXT = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 #: File endings read with nibabel.
 NIFTI_EXT = (".nii", ".nii.gz")
 #: The ending of a single DICOM file (files without it are recognised by their content).

@@ -1,6 +1,7 @@
 """Reading images and masks through MONAI into windowed image/mask pairs and 2D samples.
 
-Readers (chosen by file type, never left to MONAI's guess): ``PILReader`` for PNG/JPEG/TIFF/BMP, ``NibabelReader`` for
+Readers (chosen by file type, never left to MONAI's guess): ``PILReader`` for PNG/JPEG/TIFF/BMP/GIF (images converted
+to grey or RGB through Pillow first: :mod:`blosam_med.data.raster`), ``NibabelReader`` for
 NIfTI, ``ITKReader`` for DICOM series folders and single DICOM files (it applies Rescale Slope/Intercept and shows
 MONOCHROME1 with MONOCHROME2 polarity). Files are checked first (pydicom for DICOM) so errors name the file.
 
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import pydicom
 import torch
-from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader
+from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
 
 from blosam_med.data.dicom import (
@@ -31,9 +33,11 @@ from blosam_med.data.dicom import (
     check_dicom_series,
     is_dicom_file,
     itk_series_id,
+    quiet_native_stderr,
 )
 from blosam_med.data.files import DICOM_EXT, NIFTI_EXT, RASTER_EXT, case_id
 from blosam_med.data.keys import PairKeys, Sample, SampleKeys
+from blosam_med.data.raster import mode_converter, raster_frames
 from blosam_med.data.slices import volume_to_slices
 from blosam_med.data.tasks import TaskConfig
 from blosam_med.data.windowing import WindowIntensity
@@ -58,7 +62,7 @@ def image_kind(path: str | Path) -> str:
     if name.endswith(DICOM_EXT) or is_dicom_file(path):
         return "dicom"
     raise ValueError(
-        f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP, NIfTI (.nii, .nii.gz), a DICOM "
+        f"{path}: unsupported file type; expected PNG/JPEG/TIFF/BMP/GIF, NIfTI (.nii, .nii.gz), a DICOM "
         "file or a DICOM series folder"
     )
 
@@ -87,10 +91,14 @@ def _load(path: Path, reader: Any, ensure_channel_first: bool = True) -> MetaTen
         steps: list = [LoadImaged(_KEY, reader=reader, image_only=True)]
     if ensure_channel_first:
         steps.append(EnsureChannelFirstd(_KEY))
+    quiet = quiet_native_stderr() if isinstance(reader, ITKReader) else contextlib.nullcontext()
     try:
-        return Compose(steps)({_KEY: str(path)})[_KEY]
+        with quiet:  # GDCM's notes on stderr ("Unsupported JPEG data precision 12") go to the debug log
+            return Compose(steps)({_KEY: str(path)})[_KEY]
     except Exception as err:
         cause = err.__cause__ or err
+        if isinstance(cause, ValueError) and str(cause).startswith(f"{path}: "):  # ours already names the file
+            raise ValueError(str(cause)) from err
         raise ValueError(
             f"{path}: unreadable ({type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]})"
         ) from err
@@ -129,19 +137,39 @@ def _check_nifti_dims(path: Path) -> None:
         )
 
 
-def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTensor:
+def _load_dicom_file(path: Path, info: dict[str, Any]) -> MetaTensor:
+    """A DICOM file read by ITK, or, for compressed pixel data that only pydicom decodes (with a plugin such as
+    pylibjpeg-openjpeg for HTJ2K), by MONAI's ``PydicomReader``, MONOCHROME1 then inverted as ITK does."""
+    try:
+        return _load(path, ITKReader())
+    except ValueError as err:
+        syntax = info.get("transfer_syntax", "")
+        if not syntax or not pydicom.uid.UID(syntax).is_compressed:
+            raise
+        logger.info("%s: ITK cannot decode %s; read with pydicom (%s)", path, pydicom.uid.UID(syntax).name, err)
+    img = _load(path, PydicomReader())
+    if info["photometric"] == "MONOCHROME1":  # rescale(max stored - stored), the value ITK gives
+        slope, intercept = info["rescale"]
+        img = cast(MetaTensor, (2 ** info["bits_stored"] - 1) * slope + 2 * intercept - img)
+    return img
+
+
+def read_image(path: str | Path, *, spatial_dims: int | None = None, mask: bool = False) -> MetaTensor:
     """Read one image or mask as a channel-first MetaTensor with its geometry.
 
     Args:
-        path: a PNG/JPEG/TIFF/BMP, NIfTI or DICOM file, or a DICOM series folder.
+        path: a PNG/JPEG/TIFF/BMP/GIF, NIfTI or DICOM file, or a DICOM series folder.
         spatial_dims: what the caller works on. ``2``: a multi-frame DICOM keeps its frame order (no
             reorientation) and a one-slice NIfTI (X, Y, 1) is a 2D image; ``3``: a one-slice NIfTI is a volume;
             ``None``: one-slice NIfTI files are 2D, multi-frame files volumes.
+        mask: a mask: Pillow images keep their raw values (a palette mask's indices are its labels); images are
+            converted to grey or RGB through Pillow (:mod:`blosam_med.data.raster`: palette, CMYK, YCbCr...).
 
     Returns:
         2D inputs as (C, H, W) with ``meta["spacing"]`` (row, col) mm and ``meta["spacing_known"]``; volumes as
         (C, X, Y, Z). ``meta["kind"]`` is ``"2d"`` or ``"volume"``. DICOM adds ``meta["photometric"]`` (as stored;
-        MONOCHROME1 is already inverted) and ``meta["modality"]``.
+        MONOCHROME1 is already inverted) and ``meta["modality"]``. Pillow images add ``meta["frames_in_file"]``
+        (an animated GIF or multi-page TIFF is read as its first frame, with a warning).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -153,11 +181,13 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None) -> MetaTens
         raise FileNotFoundError(f"{path}: no such file or folder")
     kind = image_kind(path)
     if kind == "raster":
-        img = _load(path, PILReader(reverse_indexing=False))  # (C, H, W)
-        return _meta_2d(torch.as_tensor(img), path, None, {"kind": "2d"})
+        converter = None if mask else mode_converter(path)
+        img = _load(path, PILReader(converter=converter, reverse_indexing=False))  # (C, H, W)
+        extra = {"kind": "2d", "frames_in_file": raster_frames(path)}
+        return _meta_2d(torch.as_tensor(img), path, None, extra)
     if kind == "dicom":
         info = check_dicom_file(path)
-        img = _load(path, ITKReader())
+        img = _load_dicom_file(path, info)
         extra = {
             "photometric": info["photometric"],
             "modality": info["modality"],
@@ -321,7 +351,7 @@ def load_pair(
     }
     if label_path is not None:
         label_path = Path(label_path)
-        label = read_image(label_path, spatial_dims=task.spatial_dims)
+        label = read_image(label_path, spatial_dims=task.spatial_dims, mask=True)
         lab = mask_values(label, label_path)
         if tuple(lab.shape[1:]) != tuple(image.shape[1:]):
             raise ValueError(

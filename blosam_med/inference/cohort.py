@@ -180,8 +180,9 @@ def run_cohort(
 
     Returns:
         every case's record of this run (all processes' cases, in input order): ``case``, ``image``, ``status``
-        (``done``, ``skipped`` or ``failed``), ``rank``, ``outputs``, ``error``, ``seconds`` and the ``run_case``
-        record's ``kind`` and ``slices``.
+        (``done``, ``skipped`` or ``failed``), ``rank``, ``outputs``, ``error``, ``seconds``, the ``run_case``
+        record's ``kind`` and ``slices``, and the entry's ``partial`` when it has one (an animated GIF or multi-page
+        TIFF of which the first frame was read).
     """
     rank, world = distributed.get_rank(), distributed.get_world_size()
     entries = _with_cases(entries)
@@ -222,6 +223,8 @@ def _run_one(
 ) -> dict[str, Any]:
     case, image = entry["case"], str(entry["image"])
     base = {"case": case, "image": image, "rank": rank}
+    if entry.get("partial"):  # an image of several frames (pages) whose first is read
+        base["partial"] = entry["partial"]
     finished = None if overwrite else ledger.finished(case)
     if finished is not None:
         logger.info("%s: finished earlier (%s); skipped", case, ledger.path(case))

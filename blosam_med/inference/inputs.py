@@ -15,7 +15,8 @@ from blosam_med.data import (
     open_datalist,
     series_non_images,
 )
-from blosam_med.data.files import NIFTI_EXT
+from blosam_med.data.files import NIFTI_EXT, RASTER_EXT
+from blosam_med.data.raster import frames_note
 
 __all__ = ["collect_inputs", "find_inputs"]
 
@@ -37,8 +38,10 @@ def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[s
 
     Inputs: an image or DICOM file, a DICOM series folder, a NIfTI volume, a folder of those, or a datalist JSON (its
     ``split``, default every entry of every split). Not inputs (each logged with one line and returned as
-    ``{"path", "reason"}``): non-image DICOM objects (SEG, RTSTRUCT, SR, KO, PR...) beside or inside a series, and
-    NIfTI labels (``label.nii.gz``, ``*_mask.nii.gz``...) in a folder that holds a DICOM series.
+    ``{"path", "reason"}``): non-image DICOM objects (SEG, RTSTRUCT, SR, KO, PR...) beside or inside a series,
+    NIfTI labels (``label.nii.gz``, ``*_mask.nii.gz``...) in a folder that holds a DICOM series, and in a folder
+    every file of another type and every sub-folder that is not a DICOM series. An image of several frames (an
+    animated GIF, a multi-page TIFF) is an input whose first frame is read: its entry's ``partial`` says so.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -50,13 +53,13 @@ def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[s
     if path.is_file() and path.suffix == ".json":
         datalist = open_datalist(path)
         keys = [split] if split else [k for k, v in datalist.items() if isinstance(v, list)]
-        return [{"image": it["image"]} for k in keys for it in datalist.get(k, [])], []
+        return [_noted({"image": it["image"]}) for k in keys for it in datalist.get(k, [])], []
     if path.is_file():
         modality = non_image_modality(path)
         if modality is not None:
             check_dicom_file(path)  # an RTSTRUCT, SR... without pixel data: "without pixel data ... not an image"
             raise ValueError(f"{path}: a DICOM {modality} object; not an image (give the image or series it labels)")
-        return [{"image": str(path)}], []
+        return [_noted({"image": str(path)})], []
     if _is_series(path):
         return [{"image": str(path)}], _series_ignored(path)
     entries: list[dict[str, str]] = []
@@ -68,9 +71,11 @@ def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[s
         if child.is_dir():
             child = child / "dicom" if (child / "dicom").is_dir() else child
             if not _is_series(child):
+                ignored.append(_ignore(child, "a folder that is not a DICOM series (sub-folders are not searched)"))
                 continue
             ignored += _series_ignored(child)
         elif not child.name.lower().endswith(IMAGE_EXT) and not is_dicom_file(child):
+            ignored.append(_ignore(child, f"not an image file (type '{_ending(child)}'; {_READ})"))
             continue
         elif (modality := non_image_modality(child)) is not None:
             ignored.append(_ignore(child, f"DICOM {modality} object, not an image"))
@@ -78,10 +83,27 @@ def find_inputs(path: str | Path, split: str | None = None) -> tuple[list[dict[s
         elif beside_series and child.name.lower().endswith(NIFTI_EXT) and _is_label_name(child):
             ignored.append(_ignore(child, "NIfTI label beside a DICOM series, not an image"))
             continue
-        entries.append({"image": str(child), "case": case})
+        entries.append(_noted({"image": str(child), "case": case}))
     if not entries:
         raise ValueError(f"{path}: no images, DICOM series or volumes found")
     return entries, ignored
+
+
+#: What a folder's files may be, for the reason a file is skipped.
+_READ = "read: PNG, JPEG, TIFF, BMP, GIF, NIfTI, DICOM"
+
+
+def _ending(path: Path) -> str:
+    return "".join(path.suffixes[-2:]) if path.name.lower().endswith(".gz") else path.suffix or "no ending"
+
+
+def _noted(entry: dict[str, str]) -> dict[str, str]:
+    """``entry`` with ``partial`` set when its image has several frames or pages, of which the first is read."""
+    if str(entry["image"]).lower().endswith(RASTER_EXT):
+        note = frames_note(entry["image"])
+        if note is not None:
+            entry["partial"] = note
+    return entry
 
 
 def _ignore(path: Path, reason: str) -> dict[str, str]:
