@@ -147,8 +147,9 @@ def make_task_bundle(
         The bundle folder.
 
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is false. ``FileNotFoundError`` / ``ValueError``: the adapter
-        or preset is missing or unreadable (named).
+        FileExistsError: ``out`` exists and ``overwrite`` is false.
+        FileNotFoundError: the adapter or preset is missing (named).
+        ValueError: the adapter or preset is unreadable (named).
     """
     out, adapter = Path(out), Path(adapter)
     if out.exists() and not overwrite:

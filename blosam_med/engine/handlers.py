@@ -123,9 +123,11 @@ class RunRecorder:
         params: hyper-parameters to log (nested dicts are flattened).
         validator: the evaluator whose final metrics go into ``metrics.json``.
         extra: more metadata stored in the adapter (task preset...).
-        tracking_uri, experiment_name, run_name: where MONAI's ``MLFlowHandler`` tracks this run (the bundle's ids
-            of the same names); the recorder logs into that run while it is ``RUNNING``, found through MLflow's
-            search API, and logs nothing when tracking is off.
+        tracking_uri: where MONAI's ``MLFlowHandler`` tracks this run (the bundle's id of the same name); the
+            recorder logs into that run while it is ``RUNNING``, found through MLflow's search API, and logs nothing
+            when tracking is off.
+        experiment_name: the run's experiment (the bundle's id of the same name).
+        run_name: the run's name (the bundle's id of the same name).
     """
 
     def __init__(

@@ -114,7 +114,8 @@ class BiLevelTrainer(Trainer):
         unroll_lr: virtual step size of the second-order unrolled step; default: the lower group's current lr.
         fd_epsilon: finite-difference scale (``R = fd_epsilon / ||v||``).
         distributed: average gradients and losses over the initialised ``torch.distributed`` process group.
-        other arguments: as for :class:`monai.engines.SupervisedTrainer`.
+
+    The other arguments are those of :class:`monai.engines.SupervisedTrainer`.
     """
 
     def __init__(

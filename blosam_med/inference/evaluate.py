@@ -134,7 +134,8 @@ def evaluate_adapter(
         tracking_uri: log the mean metrics (``<split>_dice``, ``<split>_hd95_mm``, ``<split>_nsd``) and the result
             JSON into the MLflow run that trained the adapter, at this tracking URI; nothing is logged when the
             run is not found there.
-        experiment_name, run_name: that run (default: the experiment and run name the adapter stores).
+        experiment_name: that run's experiment (default: the one the adapter stores).
+        run_name: that run's name (default: the one the adapter stores).
         engine: what runs the frozen encoder (``torch``, ``auto``, ``openvino``, ``onnxruntime``; see
             :mod:`blosam_med.model.encoder_engines`).
 

@@ -36,7 +36,8 @@ class PromptFreeNetwork(nn.Module):
         checkpoint: backbone checkpoint for SAM / MedSAM backbones (LiteMedSAM's ships with its package).
 
     Raises:
-        FileNotFoundError: the adapter file does not exist. ``ValueError``: it is not a blosam_med adapter.
+        FileNotFoundError: the adapter file does not exist.
+        ValueError: it is not a blosam_med adapter.
     """
 
     def __init__(

@@ -67,10 +67,12 @@ class StudyConfig:
         output_dir: where cells, datalists, the report and ``mlruns.db`` go.
         data_root: folder holding one sub-folder per task.
         tasks: ``{task: {data: folder under data_root, preset: name or YAML, split: {...}}}``.
-        shots, seeds: the few-shot grid.
+        shots: the few-shot grid's shot counts.
+        seeds: the few-shot grid's draws (seeds).
         methods: the methods, in table order.
         train: bundle overrides for every ``bundle`` cell (iterations, batch_size...).
-        test_fraction, split_seed: the case-level train/test split made when a task folder has no datalist.json.
+        test_fraction: test share of the case-level train/test split made when a task folder has no datalist.json.
+        split_seed: seed of that split.
         overlays: qualitative overlays per task in the report.
         dev_size: training-pool samples per task that every cell also scores when they are not among its shots:
             the development set on which variants are compared (the test split is only reported).
