@@ -135,6 +135,55 @@ def finished_run(folder: str | Path) -> bool:
     return (Path(folder) / "adapter.pt").is_file() and (Path(folder) / "metrics.json").is_file()
 
 
+def _on_cpu(configs: Sequence[str | Path], overrides: Mapping[str, Any]) -> bool:
+    """Whether a run of ``configs`` with ``overrides`` trains on the CPU (its ``device`` names no CUDA device, or
+    CUDA is not available)."""
+    import torch
+
+    return not torch.cuda.is_available() or "cuda" not in str(bundle_value(configs, "device", overrides))
+
+
+def _fill_cache(job: tuple[tuple, dict[str, Any]]) -> None:
+    """Encode the first fold's shots and views into the embedding cache, in this process with all its threads, so
+    the folds that then start at the same time read them instead of each encoding them (every fold trains on the
+    same shots and views; only the A/B split turns)."""
+    (task, overrides), kwargs = job
+    configs = training_configs(task, distributed=False, train_config=kwargs["train_config"])
+    workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides)
+    workflow.initialize()
+    workflow.parser.get_parsed_content("fewshot")
+
+
+def _run_folds(
+    configs: Sequence[str | Path],
+    jobs: list[tuple[tuple, dict[str, Any]]],
+    *,
+    distributed: bool,
+    tracking: str | None,
+    workers: int | None,
+) -> None:
+    """Train the folds' :func:`run_training` jobs: one after the other, or (several CPU cores, no ``torchrun``, no
+    MLflow store shared by processes) side by side in processes after the embeddings are cached once. A fold's
+    adapter is the one it gets trained alone with the same torch thread count (``tests/test_workflow.py``)."""
+    from blosam_med.engine.parallel import parallel_workers, run_parallel
+
+    if distributed or tracking or not jobs:
+        count = 1
+    else:
+        count = parallel_workers(len(jobs), on_cpu=_on_cpu(configs, jobs[0][0][1]), requested=workers)
+    if count == 1:
+        for args, kwargs in jobs:
+            run_training(*args, **kwargs)
+        return
+    _fill_cache(jobs[0])
+    run_parallel(_train_fold, jobs, count)
+
+
+def _train_fold(task: str | Path, overrides: Mapping[str, Any], **kwargs: Any) -> None:
+    """:func:`run_training` in a worker process, returning nothing (the workflow stays in the process)."""
+    run_training(task, overrides, **kwargs)
+
+
 def run_cross_fit(
     task: str | Path,
     overrides: Mapping[str, Any],
@@ -143,6 +192,7 @@ def run_cross_fit(
     distributed: bool = False,
     tracking: str | None = None,
     train_config: str | Path | None = None,
+    workers: int | None = None,
 ) -> Path:
     """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
     (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
@@ -156,6 +206,10 @@ def run_cross_fit(
     ``<run_name>`` (params, out-of-fold validation, ``adapter.pt``), all in ``tracking_uri``, by default
     ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. ``train_config``: as in
     :func:`run_training`. Returns the ensemble adapter's path.
+
+    ``workers``: folds trained at the same time, each in its own process with its share of the cores
+    (:func:`_run_folds`); default: one per fold up to the cores on the CPU (the ``BLOSAM_FOLD_WORKERS`` variable
+    overrides it), one fold at a time on a GPU, under ``torchrun`` or with ``tracking``.
 
     Raises:
         ValueError: fewer than two folds.
@@ -175,6 +229,7 @@ def run_cross_fit(
         overrides = {"tracking_uri": sqlite_uri(out), **overrides}
     base = str(overrides.get("run_name", "$@run_label"))  # fold k's MLflow run is <base>_fold<k>
     records = []
+    jobs = []
     for k in range(folds):
         fold = out / f"fold{k}"
         if not (resume and finished_run(fold)):
@@ -186,13 +241,9 @@ def run_cross_fit(
                 "ab_fold": k,
                 "run_name": f"$({base[1:]}) + '_fold{k}'" if base.startswith("$") else f"{base}_fold{k}",
             }
-            run_training(
-                task,
-                {**fold_overrides, "resume": started},
-                distributed=distributed,
-                tracking=tracking,
-                train_config=train_config,
-            )
+            kwargs = {"distributed": distributed, "tracking": tracking, "train_config": train_config}
+            jobs.append(((task, {**fold_overrides, "resume": started}), kwargs))
+    _run_folds(configs, jobs, distributed=distributed, tracking=tracking, workers=workers)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
         return out / "adapter.pt"
     for k in range(folds):
