@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import TypedDict
 
 import torch
@@ -15,7 +18,14 @@ from blosam_med.inference.refine import BoxRefiner
 from blosam_med.model.embedding_cache import EmbeddingCache, autocast
 from blosam_med.model.ensemble import PromptFreeModel, mean_probability_logit
 
-__all__ = ["Predictor", "binary_masks", "default_batch_size", "preset_options"]
+__all__ = ["ENCODE_AHEAD", "ENCODE_AHEAD_ENV", "Predictor", "binary_masks", "default_batch_size", "preset_options"]
+
+
+#: Images a thread encodes ahead of the decoders by default, on the CPU with a runtime engine (``blosam infer``):
+#: its throughput mode encodes them side by side while the decoders work on the images before them.
+ENCODE_AHEAD = 8
+#: Environment variable that sets that default (0: off).
+ENCODE_AHEAD_ENV = "BLOSAM_ENCODE_AHEAD"
 
 
 def default_batch_size(device: str | torch.device) -> int:
@@ -44,6 +54,9 @@ class Predictor:
         thresholds: per model, the probability above which a pixel is foreground: its logits (after the flips,
             before refinement) are shifted by ``logit(threshold)``, so everything downstream decides at logit 0.
             ``None``: 0.5 for every model.
+        encode_ahead: images a background thread encodes ahead of the decoders (rounded up to whole batches); 0: none,
+            each batch is encoded, then decoded. ``None``: :data:`ENCODE_AHEAD` (or the variable :data:`ENCODE_AHEAD_ENV`) on the CPU with a
+            runtime engine, else 0. The logits are the same either way.
 
     :func:`preset_options` gives ``postprocess``, ``flips``, ``refine`` and ``thresholds`` from each model's task
     preset.
@@ -60,6 +73,7 @@ class Predictor:
         flips: Sequence[Sequence[str]] | None = None,
         refine: Sequence[tuple[int, float]] | None = None,
         thresholds: Sequence[float] | None = None,
+        encode_ahead: int | None = None,
     ) -> None:
         if not models:
             raise ValueError("at least one adapter is needed")
@@ -88,9 +102,26 @@ class Predictor:
         self.shifts = [math.log(t / (1.0 - t)) for t in chosen]  # logit(threshold), subtracted from the logits
         self.batch_size = batch_size
         self.amp_dtype = amp_dtype
+        if encode_ahead is not None and (isinstance(encode_ahead, bool) or encode_ahead < 0):
+            raise ValueError(f"encode_ahead {encode_ahead!r}: give a number of images, 0 (none) or more")
+        self.encode_ahead = encode_ahead
         self.cache = (
             cache if cache is not None else EmbeddingCache(models[0].backbone, None, device, batch_size, progress=False)
         )
+
+    def _window(self) -> int:
+        """Images encoded per call of the encoder-ahead thread: ``encode_ahead`` rounded up to whole decoder
+        batches; the decoder batch when encoding ahead is off."""
+        ahead = self.encode_ahead
+        if ahead is None:  # default: ahead on the CPU with a runtime engine (it runs a window's images side by side)
+            on_cpu_runtime = self.device.type == "cpu" and self.cache.engine_name != "torch"
+            ahead = int(os.environ.get(ENCODE_AHEAD_ENV, ENCODE_AHEAD)) if on_cpu_runtime else 0
+        return -(-ahead // self.batch_size) * self.batch_size if ahead > 0 else self.batch_size
+
+    def _embed_window(self, images: Sequence[torch.Tensor], passes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Per pass (no flip, then each flip), the embeddings of ``images`` flipped so."""
+        with torch.inference_mode():
+            return [self.cache.embed([im.flip(dims) for im in images] if dims else list(images)) for dims in passes]
 
     @torch.inference_mode()
     def logits(
@@ -98,38 +129,71 @@ class Predictor:
     ) -> list[torch.Tensor]:
         """Per image a (n_models, H, W) float tensor of logits at the image's own size.
 
-        The encoder runs once per image (batched) and once more per test-time flip any model asks for, under
+        The encoder runs once per image and once more per test-time flip any model asks for, under
         ``torch.inference_mode``; every model decodes the batches it needs, then box refinement (if any) decodes
-        once more from the unflipped embedding.
+        once more from the unflipped embedding. With encoding ahead (``encode_ahead``), a thread encodes the next
+        window of images while the decoders work on this one: the embeddings, the decoder batches and so the
+        logits are those without it (``tests/inference/test_predictor.py``).
         """
         passes = [()] + sorted({FLIPS[f] for fl in self.flips for f in fl})
+        window = self._window()
+        starts = list(range(0, len(images), window))
         out: list[torch.Tensor] = []
-        for start in tqdm(
-            range(0, len(images), self.batch_size), desc=desc, unit="batch", disable=not progress, leave=False
+        bar = tqdm(total=len(images), desc=desc, unit="img", disable=not progress, leave=False)
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="encode-ahead")
+            if window > self.batch_size
+            else nullcontext() as pool
         ):
-            chunk = list(images[start : start + self.batch_size])
-            sizes = [(im.shape[-2], im.shape[-1]) for im in chunk]
-            # per model, per image: its logits at the image's size, one tensor per pass it takes (flipped back)
-            found: list[list[list[torch.Tensor]]] = [[[] for _ in chunk] for _ in self.models]
-            for dims in passes:
-                users = [i for i, fl in enumerate(self.flips) if not dims or dims in (FLIPS[f] for f in fl)]
-                emb = self.cache.embed([im.flip(dims) for im in chunk] if dims else chunk).to(self.device)
-                if not dims:
-                    plain = emb  # passes[0]: the images as given, for box refinement
-                with autocast(self.device, self.amp_dtype):
-                    per_model = {i: self.models[i].forward_embeddings(emb).float() for i in users}  # (b, 1, h, w)
-                for i, p in per_model.items():
-                    for j, size in enumerate(sizes):
-                        lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
-                        found[i][j].append(lg.flip(dims) if dims else lg)
-            for j in range(len(chunk)):
-                per_image = [mean_probability_logit(found[i][j]) - self.shifts[i] for i in range(len(self.models))]
-                with autocast(self.device, self.amp_dtype):
-                    per_image = [
-                        r(plain[j : j + 1], lg).float() if r is not None else lg
-                        for r, lg in zip(self.refiners, per_image, strict=True)
-                    ]
-                out.append(torch.stack(per_image).cpu())
+
+            def encode(start: int) -> Future | list[torch.Tensor]:
+                chunk = images[start : start + window]
+                return (
+                    pool.submit(self._embed_window, chunk, passes)
+                    if pool is not None
+                    else self._embed_window(chunk, passes)
+                )
+
+            pending = encode(starts[0]) if starts else None
+            for n, first in enumerate(starts):
+                embeddings = pending.result() if isinstance(pending, Future) else pending
+                assert embeddings is not None
+                if n + 1 < len(starts):
+                    pending = encode(starts[n + 1])
+                for start in range(first, min(first + window, len(images)), self.batch_size):
+                    offset = slice(start - first, start - first + self.batch_size)
+                    chunk = list(images[start : start + self.batch_size])
+                    out.extend(self._decode(chunk, [e[offset] for e in embeddings], passes))
+                    bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def _decode(
+        self, chunk: list[torch.Tensor], embeddings: list[torch.Tensor], passes: list[tuple[int, ...]]
+    ) -> list[torch.Tensor]:
+        """A decoder batch: per image its (n_models, H, W) logits from its embeddings of each pass."""
+        sizes = [(im.shape[-2], im.shape[-1]) for im in chunk]
+        # per model, per image: its logits at the image's size, one tensor per pass it takes (flipped back)
+        found: list[list[list[torch.Tensor]]] = [[[] for _ in chunk] for _ in self.models]
+        plain = embeddings[0].to(self.device)  # passes[0]: the images as given, for box refinement
+        for dims, emb in zip(passes, embeddings, strict=True):
+            users = [i for i, fl in enumerate(self.flips) if not dims or dims in (FLIPS[f] for f in fl)]
+            emb = emb.to(self.device)
+            with autocast(self.device, self.amp_dtype):
+                per_model = {i: self.models[i].forward_embeddings(emb).float() for i in users}  # (b, 1, h, w)
+            for i, p in per_model.items():
+                for j, size in enumerate(sizes):
+                    lg = self.models[i].postprocess(p[j : j + 1], size)[0, 0]
+                    found[i][j].append(lg.flip(dims) if dims else lg)
+        out = []
+        for j in range(len(chunk)):
+            per_image = [mean_probability_logit(found[i][j]) - self.shifts[i] for i in range(len(self.models))]
+            with autocast(self.device, self.amp_dtype):
+                per_image = [
+                    r(plain[j : j + 1], lg).float() if r is not None else lg
+                    for r, lg in zip(self.refiners, per_image, strict=True)
+                ]
+            out.append(torch.stack(per_image).cpu())
         return out
 
     def masks(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -21,6 +21,9 @@ __all__ = ["EmbeddingCache", "autocast"]
 
 logger = logging.getLogger(__name__)
 
+#: Images per call of a runtime engine (any number gives the same embeddings; entries are written after each call).
+RUNTIME_CHUNK = 16
+
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` on ``device`` with ``dtype``; no autocast for ``None``."""
@@ -48,7 +51,7 @@ class EmbeddingCache:
         backbone: the backbone whose encoder produces the embeddings.
         root: cache folder; ``None`` stores nothing (identical inputs within one call are still encoded once).
         device: where the encoder runs.
-        batch_size: images per encoder call.
+        batch_size: images per encoder call of eager PyTorch (a runtime gets up to :data:`RUNTIME_CHUNK`).
         progress: show a progress bar while encoding.
         amp_dtype: run the encoder under ``torch.autocast`` with this dtype (GPU inference); entries computed so are
             kept apart from float32 ones.
@@ -168,8 +171,11 @@ class EmbeddingCache:
         if missing:
             first = {k: i for i, k in reversed(list(enumerate(keys)))}
             bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not self.progress, leave=False)
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start : start + self.batch_size]
+            # a runtime embeds an image alike in any batch: up to RUNTIME_CHUNK per call (its throughput mode runs
+            # them side by side); eager PyTorch keeps batch_size images per call
+            step = max(self.batch_size, RUNTIME_CHUNK) if self.engine.batch_invariant else self.batch_size
+            for start in range(0, len(missing), step):
+                chunk = missing[start : start + step]
                 embs = self._encode(torch.stack([inputs[first[k]] for k in chunk]))
                 for k, emb in zip(chunk, embs, strict=True):
                     self._write(k, emb)

@@ -9,7 +9,8 @@ PyTorch with one warning, never an error. ``auto`` picks the fastest installed r
 ONNX Runtime; ``scripts/benchmark_inference.py`` measures them) and ``torch`` on a GPU or under autocast.
 
 The exported graph has a fixed batch of one image (TinyViT's reshapes fix the batch size when traced); a batch is run
-image by image, which is also the fastest way on the CPU.
+image by image, or in OpenVINO several images side by side (asynchronous requests of a model compiled with the
+throughput hint; :data:`OPENVINO_STREAMS_ENV`), which embeds each image exactly as one at a time does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from blosam_med.model.backbones import Backbone
@@ -102,9 +105,12 @@ class EncoderEngine:
     """Runs the frozen encoder: (B, 3, S, S) float32 encoder inputs -> (B, C, h, w) float32 embeddings on the CPU.
 
     ``name`` is the engine (``torch``, ``openvino``, ``onnxruntime``), ``id`` what cache keys record.
+    ``batch_invariant``: an image's embedding does not depend on the batch it is in (runtimes run image by image),
+    so callers may pass any number of images in one call.
     """
 
     name: str = "torch"
+    batch_invariant: bool = False
 
     @property
     def id(self) -> str:
@@ -132,15 +138,28 @@ class TorchEngine(EncoderEngine):
 
 
 class RuntimeEngine(EncoderEngine):
-    """An exported encoder in a runtime: ``run`` maps one (1, 3, S, S) float32 array to its (1, C, h, w) output."""
+    """An exported encoder in a runtime: ``run`` maps one (1, 3, S, S) float32 array to its (1, C, h, w) output;
+    ``run_many`` (optional) maps a list of them to their outputs at once (e.g. OpenVINO's throughput mode), used for
+    batches of two or more images. Both give the same output for an image (``tests/model/test_encoder_engines.py``).
+    """
 
-    def __init__(self, name: str, run: Callable) -> None:
-        self.name, self._run = name, run
+    batch_invariant = True
+
+    def __init__(self, name: str, run: Callable, run_many: Callable | None = None) -> None:
+        self.name, self._run, self._run_many = name, run, run_many
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.detach().cpu().float().contiguous().numpy()
-        return torch.cat([torch.from_numpy(self._run(x[i : i + 1]).copy()) for i in range(len(x))])
+        images = [x[i : i + 1] for i in range(len(x))]
+        outputs = self._run_many(images) if self._run_many is not None and len(images) > 1 else map(self._run, images)
+        return torch.cat([torch.from_numpy(np.array(o, copy=True)) for o in outputs])
+
+
+#: OpenVINO's streams for batches of images (``PERFORMANCE_HINT`` ``THROUGHPUT``: several images at once, each
+#: stream on its share of the cores); ``1`` (or the variable ``BLOSAM_OPENVINO_STREAMS=1``) runs a batch image by
+#: image at the latency hint. Both give the same float32 embeddings (f32 precision hint either way).
+OPENVINO_STREAMS_ENV = "BLOSAM_OPENVINO_STREAMS"
 
 
 def _openvino_session(folder: Path) -> Callable:
@@ -154,6 +173,39 @@ def _openvino_session(folder: Path) -> Callable:
     )
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})[0]
+
+
+def _openvino_throughput(folder: Path) -> Callable | None:
+    """``run_many`` for OpenVINO: images through asynchronous requests of a model compiled for throughput (made at
+    first use); ``None`` when :data:`OPENVINO_STREAMS_ENV` is ``1``."""
+    streams = os.environ.get(OPENVINO_STREAMS_ENV, "").strip()
+    if streams == "1":
+        return None
+    state: dict[str, Any] = {}
+
+    def run_many(images: list) -> list:
+        import openvino as ov
+
+        if "compiled" not in state:
+            core = ov.Core()
+            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT"}
+            if streams.isdigit():
+                config["NUM_STREAMS"] = streams
+            state["compiled"] = core.compile_model(core.read_model(folder / "encoder.xml"), "CPU", config)
+        compiled = state["compiled"]
+        queue = ov.AsyncInferQueue(compiled, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        outputs: list = [None] * len(images)
+
+        def done(request: Any, index: int) -> None:
+            outputs[index] = request.get_output_tensor(0).data.copy()
+
+        queue.set_callback(done)
+        for i, image in enumerate(images):
+            queue.start_async({0: image}, i)
+        queue.wait_all()
+        return outputs
+
+    return run_many
 
 
 def _onnxruntime_session(folder: Path) -> Callable:
@@ -175,6 +227,7 @@ def _openvino_convert(folder: Path) -> None:
 
 _SESSIONS: dict[str, Callable[[Path], Callable]] = {"openvino": _openvino_session, "onnxruntime": _onnxruntime_session}
 _CONVERT: dict[str, Callable[[Path], None]] = {"openvino": _openvino_convert}
+_THROUGHPUT: dict[str, Callable[[Path], Callable | None]] = {"openvino": _openvino_throughput}
 
 
 def _export_description(backbone: Backbone, runtime: str) -> dict:
@@ -265,7 +318,9 @@ def build_engine(
     if root is None:
         root = default_cache_dir()
     try:
-        return RuntimeEngine(name, _SESSIONS[name](export_encoder(backbone, name, root)))
+        folder = export_encoder(backbone, name, root)
+        many = _THROUGHPUT[name](folder) if name in _THROUGHPUT else None
+        return RuntimeEngine(name, _SESSIONS[name](folder), many)
     except Exception as err:  # any exporter or runtime failure: eager PyTorch still gives the same masks
         logger.warning(
             "%s engine unavailable for the %s encoder (%s: %s); running it in eager PyTorch",

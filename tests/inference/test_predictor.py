@@ -95,3 +95,37 @@ def test_a_lower_threshold_keeps_the_pixels_above_it(tiny_backbone):
             assert torch.equal(b > 0, torch.sigmoid(a) > t)
     with pytest.raises(ValueError, match=r"thresholds must give, per model \(1\), a probability in \(0, 1\)"):
         Predictor([model], thresholds=[1.0])
+
+
+def test_encoding_ahead_gives_the_logits_of_encoding_batch_by_batch(tiny_backbone, tmp_path):
+    """A thread encoding the next window while the decoders work: same embeddings, same decoder batches, so the
+    same logits bit for bit, with flips and box refinement, for windows that do and do not divide the images."""
+    models = [_model(tiny_backbone, 1), _model(tiny_backbone, 2)]
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(1, 24 + 2 * i, 30, generator=g) for i in range(7)]
+    options = {"flips": [("h",), ("h", "v")], "refine": [(1, 0.5), (0, 0.5)]}
+    for batch in (1, 2):
+        plain = Predictor(models, batch_size=batch, encode_ahead=0, **options)
+        assert plain._window() == batch
+        expected = plain.logits(images)
+        for ahead in (3, 4, 16):
+            cache = EmbeddingCache(tiny_backbone, tmp_path / f"c{batch}{ahead}", batch_size=batch, progress=False)
+            predictor = Predictor(models, cache, batch_size=batch, encode_ahead=ahead, **options)
+            assert predictor._window() == -(-ahead // batch) * batch
+            got = predictor.logits(images)
+            assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True)), (batch, ahead)
+            assert cache.encoder_calls >= 1 and len(list((tmp_path / f"c{batch}{ahead}").rglob("*.pt"))) == 7 * 3
+    with pytest.raises(ValueError, match="encode_ahead -1"):
+        Predictor(models, encode_ahead=-1)
+
+
+def test_encoding_ahead_by_default_only_on_the_cpu_with_a_runtime(tiny_backbone, monkeypatch):
+    from blosam_med.inference.predictor import ENCODE_AHEAD, ENCODE_AHEAD_ENV
+
+    monkeypatch.delenv(ENCODE_AHEAD_ENV, raising=False)
+    predictor = Predictor([_model(tiny_backbone, 1)], batch_size=1)
+    assert predictor.cache.engine_name == "torch" and predictor._window() == 1  # eager: batch by batch as before
+    predictor.cache.engine_name = "openvino"
+    assert predictor._window() == ENCODE_AHEAD
+    monkeypatch.setenv(ENCODE_AHEAD_ENV, "0")
+    assert predictor._window() == 1

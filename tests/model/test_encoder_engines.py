@@ -139,3 +139,43 @@ def test_cli_infer_engine_gives_the_eager_masks(tmp_path, synthetic_2d, capsys):
     for name, mask in masks["torch"].items():
         assert np.array_equal(mask, masks[found[-1]][name]), name
     assert list((tmp_path / "cache" / "engines" / "tiny").glob(f"{found[-1]}-*/export.json"))
+
+
+def test_openvino_throughput_mode_gives_the_latency_mode_embeddings(tiny_backbone, tmp_path, monkeypatch):
+    """Several images at once (asynchronous requests, throughput hint) embed each image bit for bit as one at a time
+    does; BLOSAM_OPENVINO_STREAMS=1 turns it off, and an engine without it runs a batch image by image."""
+    _need("openvino")
+    monkeypatch.delenv(engines.OPENVINO_STREAMS_ENV, raising=False)
+    folder = engines.export_encoder(tiny_backbone, "openvino", tmp_path)
+    run_many = engines._openvino_throughput(folder)
+    assert run_many is not None
+    one = engines.RuntimeEngine("openvino", engines._openvino_session(folder))
+    many = engines.RuntimeEngine("openvino", engines._openvino_session(folder), run_many)
+    size = tiny_backbone.preprocessing.input_size
+    batch = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(many(batch), one(batch)) and one.batch_invariant
+    assert torch.equal(many(batch[:1]), one(batch[:1]))
+    monkeypatch.setenv(engines.OPENVINO_STREAMS_ENV, "1")
+    assert engines._openvino_throughput(folder) is None
+
+
+def test_a_runtime_gets_the_misses_in_one_call_eager_in_batches(tiny_backbone, tmp_path, monkeypatch):
+    calls: list[int] = []
+    eager = engines.TorchEngine(tiny_backbone.image_encoder)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return eager(torch.from_numpy(x)).numpy()
+
+    fake = engines.RuntimeEngine(
+        "openvino", run, lambda images: (calls.append(-len(images)), [run(i) for i in images])[1]
+    )
+    monkeypatch.setattr(engines, "_version", lambda name: "0.test")
+    cache = EmbeddingCache(tiny_backbone, tmp_path, batch_size=2, progress=False, engine="openvino")
+    cache._engine = fake
+    cache.embed(_images(5))
+    assert calls[0] == -5 and cache.encoder_calls == 1  # one call of 5 images, run side by side
+    calls.clear()
+    plain = EmbeddingCache(tiny_backbone, None, batch_size=2, progress=False)
+    plain.embed(_images(5, seed=1))
+    assert plain.encoder_calls == 3  # eager PyTorch: batches of 2, 2, 1
