@@ -1,0 +1,3 @@
+from lib.infers.blosam import BlosamInfer, write_label
+
+__all__ = ["BlosamInfer", "write_label"]
