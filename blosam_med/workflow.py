@@ -8,6 +8,7 @@ cheaply.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -165,18 +166,21 @@ def _run_folds(
     """Train the folds' :func:`run_training` jobs: one after the other, or (several CPU cores, no ``torchrun``, no
     MLflow store shared by processes) side by side in processes after the embeddings are cached once. A fold's
     adapter is the one it gets trained alone with the same torch thread count (``tests/test_workflow.py``)."""
-    from blosam_med.engine.parallel import parallel_workers, run_parallel
+    from blosam_med.engine import parallel
 
     if distributed or tracking or not jobs:
         count = 1
     else:
-        count = parallel_workers(len(jobs), on_cpu=_on_cpu(configs, jobs[0][0][1]), requested=workers)
-    if count == 1:
-        for args, kwargs in jobs:
-            run_training(*args, **kwargs)
-        return
-    _fill_cache(jobs[0])
-    run_parallel(_train_fold, jobs, count)
+        count = parallel.parallel_workers(len(jobs), on_cpu=_on_cpu(configs, jobs[0][0][1]), requested=workers)
+    if count > 1:
+        _fill_cache(jobs[0])
+        try:
+            parallel.run_parallel(_train_fold, jobs, count)
+            return
+        except parallel.ProcessesUnavailable as err:
+            logging.getLogger(__name__).warning("%s: training the folds one after the other", err)
+    for args, kwargs in jobs:
+        run_training(*args, **kwargs)
 
 
 def _train_fold(task: str | Path, overrides: Mapping[str, Any], **kwargs: Any) -> None:

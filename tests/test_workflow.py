@@ -80,6 +80,9 @@ def test_parallel_folds_train_the_adapters_of_sequential_folds(synthetic_2d, tmp
     monkeypatch.setattr(parallel, "available_cores", lambda: 2)  # 2 processes x 1 thread on any machine
     args = ["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--data", str(synthetic_2d)]
     args += ["--shots", "4", "--iterations", "6", "--set", "epoch_length=3"]
+    calls = []
+    run_parallel = parallel.run_parallel
+    monkeypatch.setattr(parallel, "run_parallel", lambda *a, **k: calls.append(a[2]) or run_parallel(*a, **k))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -87,9 +90,7 @@ def test_parallel_folds_train_the_adapters_of_sequential_folds(synthetic_2d, tmp
         assert main([*args, "--out", str(tmp_path / "sequential")]) == 0
     finally:
         torch.set_num_threads(threads)
-    calls = []
-    run_parallel = parallel.run_parallel
-    monkeypatch.setattr(parallel, "run_parallel", lambda *a, **k: calls.append(a[2]) or run_parallel(*a, **k))
+    assert calls == []  # one process: the folds one after the other, no worker process
     monkeypatch.setenv(parallel.FOLD_WORKERS_ENV, "2")
     assert main([*args, "--out", str(tmp_path / "parallel")]) == 0
     assert calls == [2]  # the folds did run in 2 processes
@@ -128,3 +129,19 @@ def test_run_parallel_keeps_job_order_and_raises_a_failure(tmp_path):
     assert run_parallel(divmod, [((7, 2), {}), ((9, 4), {})], 2, threads=1) == [(3, 1), (2, 1)]
     with pytest.raises(ZeroDivisionError):
         run_parallel(divmod, [((1, 1), {}), ((1, 0), {})], 2, threads=1)
+
+
+def test_folds_train_in_this_process_where_processes_cannot_start(synthetic_2d, tmp_path, monkeypatch, caplog):
+    from blosam_med.cli import main
+    from blosam_med.engine import parallel
+
+    def no_semaphores(*_args, **_kwargs):
+        raise parallel.ProcessesUnavailable("cannot start worker processes here (OSError: no sem_open)")
+
+    monkeypatch.setattr(parallel, "run_parallel", no_semaphores)
+    monkeypatch.setenv(parallel.FOLD_WORKERS_ENV, "2")
+    args = ["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--data", str(synthetic_2d)]
+    with caplog.at_level("WARNING", logger="blosam_med.workflow"):
+        assert main([*args, "--shots", "4", "--iterations", "2", "--out", str(tmp_path / "cf")]) == 0
+    assert any("training the folds one after the other" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "cf/fold1/adapter.pt").is_file() and (tmp_path / "cf/adapter.pt").is_file()

@@ -20,12 +20,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["available_cores", "parallel_workers", "run_parallel", "FOLD_WORKERS_ENV"]
+__all__ = ["available_cores", "parallel_workers", "run_parallel", "FOLD_WORKERS_ENV", "ProcessesUnavailable"]
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable that sets the number of processes for a cross-fit's folds (1: one after the other).
 FOLD_WORKERS_ENV = "BLOSAM_FOLD_WORKERS"
+
+
+class ProcessesUnavailable(RuntimeError):
+    """Worker processes cannot be started on this system; raised before any job ran."""
 
 
 def available_cores() -> int:
@@ -101,10 +105,16 @@ def run_parallel(
 
     Returns:
         the results, in job order.
+
+    Raises:
+        ProcessesUnavailable: the system cannot start worker processes (before any job ran; run them in this process).
     """
     threads = threads or max(1, available_cores() // max(1, workers))
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
+    try:
+        queue = context.Queue()
+    except (OSError, ImportError) as err:  # no POSIX semaphores (some sandboxes): nothing has run yet
+        raise ProcessesUnavailable(f"cannot start worker processes here ({type(err).__name__}: {err})") from err
     listener = threading.Thread(target=_forward_records, args=(queue,), daemon=True)
     listener.start()
     logger.info("%d runs in %d processes, %d torch thread(s) each", len(jobs), workers, threads)
