@@ -2,6 +2,7 @@
 peak memory, and mask agreement on every image of the 2D tasks and on the volume.
 
     python scripts/benchmark_inference.py [--data ../shared/data] [--rounds 2] [--engines torch openvino onnxruntime]
+    python scripts/benchmark_inference.py --targets [--skip-train]    # issue 38's ratios, every variant, one run
 
 For each round, each engine runs ``blosam infer --task lung_ct`` on the 79-slice CT as its own process (the default
 batch size), interleaved so that other jobs on the CPU slow every engine alike. The exports are made once beforehand
@@ -10,6 +11,14 @@ encodes every slice. A run that fell back to eager PyTorch stops the benchmark. 
 records (reading, encoder, decoder, writing; not the Python start-up), peak memory the process's maximum resident set.
 Agreement: the masks each engine gives through the shipped adapters against eager PyTorch's, Dice per image (1.0 when
 both are empty).
+
+``--targets`` prints issue 38's figures in one run instead: LiteMedSAM's eager float32 encoder in s/image (timed at
+the start and at the end, the mean used), ``blosam train --task polyp --shots 4 --seed 0`` (the defaults: 2-fold
+cross-fit, 8 views, 300 iterations, engine auto) from an empty embedding cache with each of
+:data:`TRAIN_VARIANTS`, as wall seconds and encoder-times (seconds / encoder s/image), and ``blosam infer --task
+lung_ct`` on the CT with each of :data:`CT_VARIANTS`, as slices/s and eager encoder rates (slices/s x encoder
+s/image), with the voxels each variant's label map has that differ from eager float32's. The OpenVINO export is made
+beforehand and shared (a one-off per machine, timed apart).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,20 +56,18 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def infer_ct(volume: Path, engine: str, out: Path, export_dir: str) -> dict:
+def infer_ct(volume: Path, engine: str, out: Path, export_dir: str, env: dict[str, str] | None = None) -> dict:
     """One ``blosam infer`` process: its case record, wall seconds and peak resident MiB.
 
     The run's embedding cache is a new folder whose ``engines`` links to ``export_dir/engines``: the exports are
     shared, the embeddings are not (a run that found cached embeddings would not time the encoder).
     """
-    cache = out.parent / f"{out.name}_cache"
-    cache.mkdir(parents=True)
-    (cache / "engines").symlink_to(Path(export_dir, "engines").resolve(), target_is_directory=True)
+    cache = cold_cache(out.parent / f"{out.name}_cache", export_dir)
     command = [sys.executable, "-m", "blosam_med", "infer", "--task", "lung_ct", "--input", str(volume)]
     command += ["--out", str(out), "--engine", engine, "--device", "cpu", "--cache-dir", str(cache)]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env=os.environ.copy())
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
         stdout = proc.stdout.read().decode() if proc.stdout is not None else ""
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = status  # reaped here (wait4 gives the child's resource usage)
@@ -74,6 +82,13 @@ def infer_ct(volume: Path, engine: str, out: Path, export_dir: str) -> dict:
     if record["status"] != "done":
         raise SystemExit(f"blosam infer --engine {engine}: case {record['case']} {record['status']}: {record['error']}")
     return {"record": record, "wall": wall, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def cold_cache(folder: Path, export_dir: str) -> Path:
+    """A new, empty embedding cache folder whose ``engines`` links to ``export_dir/engines`` (exports shared)."""
+    folder.mkdir(parents=True)
+    (folder / "engines").symlink_to(Path(export_dir, "engines").resolve(), target_is_directory=True)
+    return folder
 
 
 def _nifti(path: str) -> np.ndarray:
@@ -160,6 +175,127 @@ def benchmark_ct(volume: Path, engines: list[str], rounds: int, work: Path, expo
     )
 
 
+#: ``blosam infer`` variants on the CT (environment of each run): OpenVINO before issue 38 (latency hint, each slice
+#: encoded then decoded), a thread encoding 8 slices ahead of the decoder, and that with OpenVINO's throughput mode
+#: (the default); eager PyTorch float32 is the reference of the masks.
+CT_VARIANTS = {
+    "torch (eager float32)": ("torch", {}),
+    "openvino, slice by slice (before)": ("openvino", {"BLOSAM_OPENVINO_STREAMS": "1", "BLOSAM_ENCODE_AHEAD": "0"}),
+    "openvino, encode ahead": ("openvino", {"BLOSAM_OPENVINO_STREAMS": "1", "BLOSAM_ENCODE_AHEAD": "8"}),
+    "openvino, encode ahead + throughput (default)": (
+        "openvino",
+        {"BLOSAM_OPENVINO_STREAMS": "", "BLOSAM_ENCODE_AHEAD": "8"},
+    ),
+}
+#: ``blosam train`` variants: the cross-fit's folds one after the other in one process (before) or side by side.
+TRAIN_VARIANTS = {
+    "folds one after the other (before)": {"BLOSAM_FOLD_WORKERS": "1"},
+    "folds side by side (default)": {"BLOSAM_FOLD_WORKERS": ""},
+}
+
+
+def eager_encoder_seconds(images: int = 3) -> float:
+    """Median seconds per image of LiteMedSAM's encoder in eager PyTorch float32 (this process's threads)."""
+    from blosam_med.model import build_backbone
+    from blosam_med.model.encoder_engines import TorchEngine
+
+    backbone = build_backbone("litemedsam")
+    size = backbone.preprocessing.input_size
+    engine = TorchEngine(backbone.image_encoder)
+    x = torch.rand(images + 1, 1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    engine(x[0])  # warm-up
+    times = []
+    for xi in x[1:]:
+        start = time.perf_counter()
+        engine(xi)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_polyp(data: Path, out: Path, export_dir: str, env: dict[str, str], iterations: int) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (its processes' user + system) of ``blosam train --task polyp --shots 4 --seed 0``
+    (the defaults; ``--iterations`` when not 300) with an empty embedding cache (the engine's export is shared)."""
+    cache = cold_cache(out.parent / f"{out.name}_cache", export_dir)
+    command = [sys.executable, "-m", "blosam_med", "train", "--task", "polyp", "--data", str(data / "polyp")]
+    command += ["--shots", "4", "--seed", "0", "--out", str(out), "--cache-dir", str(cache)]
+    command += ["--iterations", str(iterations)] if iterations != 300 else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"blosam train failed (status {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def _adapter_difference(a: Path, b: Path) -> float:
+    """Largest |difference| between the trained tensors of two cross-fits' folds."""
+    worst = 0.0
+    for fold in ("fold0", "fold1"):
+        sa = torch.load(a / fold / "adapter.pt", weights_only=True)["state_dict"]
+        sb = torch.load(b / fold / "adapter.pt", weights_only=True)["state_dict"]
+        worst = max([worst] + [float((sa[k].float() - sb[k].float()).abs().max()) for k in sa])
+    return worst
+
+
+def first_slices(volume: Path, slices: int | None, work: Path) -> Path:
+    """The volume, or a copy of its first ``slices`` axial slices (same header otherwise)."""
+    if not slices:
+        return volume
+    image = cast(nib.Nifti1Image, nib.load(volume))
+    cropped = nib.Nifti1Image(np.asarray(image.dataobj)[:, :, :slices], image.affine, image.header)
+    path = work / f"first{slices}_{volume.name}"
+    nib.save(cropped, path)
+    return path
+
+
+def speed_targets(
+    data: Path, export_dir: str, work: Path, skip_train: bool, iterations: int = 300, slices: int | None = None
+) -> None:
+    """Issue 38's figures in one run: the eager encoder's s/image, the default 4-shot training from a cold cache in
+    encoder-times, and the CT's slices/s in eager encoder rates, for each variant (interleaved with the encoder
+    timing at the start and the end)."""
+    first = eager_encoder_seconds()
+    print(f"eager float32 encoder (start): {first:.3f} s/image, load average {os.getloadavg()[0]:.2f}", flush=True)
+    trained: dict[str, tuple[float, float, Path]] = {}
+    if not skip_train:
+        for name, env in TRAIN_VARIANTS.items():
+            out = work / f"train_{len(trained)}"
+            trained[name] = (*train_polyp(data, out, export_dir, env, iterations), out)
+            print(
+                f"train {name}: {trained[name][0]:.1f} s wall, {trained[name][1]:.1f} CPU-s, "
+                f"load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+    volume = first_slices(data / CT, slices, work)
+    ct: dict[str, dict] = {}
+    for name, (engine, env) in CT_VARIANTS.items():
+        ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env)
+        print(f"CT {name}: case {ct[name]['record']['seconds']:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+    last = eager_encoder_seconds()
+    encoder = (first + last) / 2
+    print(f"eager float32 encoder (end): {last:.3f} s/image; used: the mean, {encoder:.3f} s/image\n")
+    print(f"{'what':<58}{'figure':>16}{'ratio':>22}  agreement")
+    reference = _nifti(next(iter(ct.values()))["record"]["outputs"]["nifti"])
+    for name, run in ct.items():
+        rate = run["record"]["slices"] / run["record"]["seconds"]
+        mask = _nifti(run["record"]["outputs"]["nifti"])
+        changed = int((mask != reference).sum())
+        print(
+            f"{'CT ' + name:<58}{rate:>9.2f} sl/s{rate * encoder:>11.2f} enc. rates  {changed} voxels differ from eager"
+        )
+    runs = list(trained.values())
+    for name, (seconds, cpu, out) in trained.items():
+        diff = _adapter_difference(runs[0][2], out)
+        print(
+            f"{'train polyp 4 shots, cold cache, ' + name:<58}{seconds:>10.1f} s  {seconds / encoder:>9.1f} enc.-times"
+            f"  {cpu:.0f} CPU-s; max |adapter - first| {diff:.1e}"
+        )
+    if iterations != 300 or slices:
+        print(f"(shortened: {iterations} training iterations, the CT's first {slices or 'all'} slices)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -170,6 +306,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="2D agreement: the first N images per task (all)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS_2D), choices=TASKS_2D, help="2D agreement tasks")
     parser.add_argument("--skip-ct", action="store_true", help="only the 2D agreement")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="issue 38's figures instead: eager encoder s/image, default 4-shot polyp training from a cold cache in "
+        "encoder-times and CT slices/s in eager encoder rates, per variant (OpenVINO needed)",
+    )
+    parser.add_argument("--skip-train", action="store_true", help="with --targets: the CT only")
+    parser.add_argument("--iterations", type=int, default=300, help="with --targets: training iterations (default)")
+    parser.add_argument("--slices", type=int, default=None, help="with --targets: only the CT's first N slices")
     args = parser.parse_args()
     data = Path(args.data)
     volume = data / CT
@@ -183,6 +328,14 @@ def main() -> None:
         f"machine: {platform.machine()} {_cpu_name()} ({os.cpu_count()} CPUs), torch threads {torch.get_num_threads()}"
         f", load average {os.getloadavg()[0]:.2f} (other jobs count)"
     )
+    if args.targets:
+        backbone = load_adapters([shipped_adapter("lung_ct")])[0][0].backbone
+        start = time.perf_counter()
+        export_encoder(backbone, "openvino", export_dir)
+        print(f"openvino: export ready in {time.perf_counter() - start:.1f} s (once per machine, not in the figures)")
+        speed_targets(data, export_dir, work, args.skip_train, args.iterations, args.slices)
+        print(f"\nbenchmark took {time.perf_counter() - began:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
+        return
     if engines[1:] and not args.skip_ct:
         backbone = load_adapters([shipped_adapter("lung_ct")])[0][0].backbone
         for engine in engines[1:]:  # export once (not timed)
