@@ -151,14 +151,17 @@ class BlosamTrain(TrainTask):
         overrides: dict[str, Any] = {k: v for k, v in options.items() if k != "cross_fit"}
         if self.store.preset(self.task).spatial_dims == 2:
             overrides["shots"] = len(pairs)  # every labelled image is a shot
-        folds = cross_fit_folds(str(bundle_value(self.configs, "method", overrides)), options.get("cross_fit"))
+        method = str(bundle_value(self.configs, "method", overrides))
+        folds = cross_fit_folds(method, options.get("cross_fit"))
+        checked = "subset B" if method == "blosam" else "the shots"  # what the bundle validates on
 
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(start))
         run_dir = self.store.task_dir(self.task) / "runs" / stamp
         run_dir.mkdir(parents=True, exist_ok=False)
         entries = []
         for image_id, image, label in pairs:  # the labels as they were: later edits do not change this run
-            copy = run_dir / "labels" / f"{image_id}{''.join(Path(label).suffixes[-2:])}"
+            ending = ".nii.gz" if label.lower().endswith(".nii.gz") else Path(label).suffix
+            copy = run_dir / "labels" / f"{image_id}{ending}"
             copy.parent.mkdir(exist_ok=True)
             shutil.copy2(label, copy)
             entries.append({"image": str(Path(image).resolve()), "label": str(copy.resolve())})
@@ -188,7 +191,9 @@ class BlosamTrain(TrainTask):
                 "train#handlers": handlers,
             }
         )
-        self.train_stats.update(state="RUNNING", folds=folds, images=[p[0] for p in pairs], run=str(run_dir))
+        self.train_stats.update(
+            state="RUNNING", folds=folds, validated_on=checked, images=[p[0] for p in pairs], run=str(run_dir)
+        )
         logger.info(
             "%s: training on %d labelled images, %d fold(s), run folder %s",
             model_name(self.task),
@@ -207,17 +212,16 @@ class BlosamTrain(TrainTask):
         installed = atomic_write(
             self.store.trained_adapter(self.task), lambda tmp: shutil.copyfile(out / "adapter.pt", tmp), overwrite=True
         )
-        status = self.train_stats.update(
+        self.train_stats.update(
             state="DONE",
             progress=1.0,
+            epoch=self.train_stats.read().get("total_epochs", 1),  # every epoch of every fold completed
             best_metric=dice,
             adapter=str(installed),
             total_time=round(time.time() - start, 1),
-            message=f"validation Dice {dice:.4f} ({'subset B, out of fold' if folds > 1 else 'validation'}); "
+            message=f"validation Dice on {checked} {dice:.4f}{' (mean over folds)' if folds > 1 else ''}; "
             f"{installed} now serves {model_name(self.task)}",
         )
-        status["epoch"] = status.get("total_epochs", 1)
-        self.train_stats.update(epoch=status["epoch"])
         return {
             "model": model_name(self.task),
             "adapter": str(installed),
