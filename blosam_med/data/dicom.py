@@ -172,13 +172,15 @@ def quiet_native_stderr() -> Iterator[None]:
 
     GDCM prints its decoders' notes ("Unsupported JPEG data precision 12") even when it then decodes the image.
     """
+    fd = 2  # native code writes to the process's stderr, whatever Python's sys.stderr is
+    for stream in (sys.stderr, sys.__stderr__):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()  # type: ignore[union-attr]
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner): nothing to hide
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all: nothing to hide
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), fd)
         try:

@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 import torch
 from monai.data import ITKReader, MetaTensor, NibabelReader, PILReader, PydicomReader
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd
+from monai.transforms import EnsureChannelFirstd, LoadImaged, Orientationd
 
 from blosam_med.data.dicom import (
     NON_IMAGE_MODALITIES,
@@ -86,15 +86,18 @@ def _quiet_default_readers() -> Iterator[None]:
         log.removeFilter(drop)
 
 
-def _load(path: Path, reader: Any, ensure_channel_first: bool = True) -> MetaTensor:
+def _load(path: Path, reader: Any, ensure_channel_first: bool = True, compressed: bool = False) -> MetaTensor:
+    """``path`` read by ``reader`` alone: given at call time, MONAI tries no other reader when it fails (given to the
+    constructor, it would go on through its default readers and could read a DICOM without the MONOCHROME1
+    inversion); ``compressed``: GDCM's notes on stderr ("Unsupported JPEG data precision 12") go to the debug log."""
     with _quiet_default_readers():
-        steps: list = [LoadImaged(_KEY, reader=reader, image_only=True)]
-    if ensure_channel_first:
-        steps.append(EnsureChannelFirstd(_KEY))
-    quiet = quiet_native_stderr() if isinstance(reader, ITKReader) else contextlib.nullcontext()
+        loader = LoadImaged(_KEY, image_only=True)
+    quiet = quiet_native_stderr() if compressed else contextlib.nullcontext()
     try:
-        with quiet:  # GDCM's notes on stderr ("Unsupported JPEG data precision 12") go to the debug log
-            return Compose(steps)({_KEY: str(path)})[_KEY]
+        with quiet:
+            data = loader({_KEY: str(path)}, reader=reader)
+        img = EnsureChannelFirstd(_KEY)(data)[_KEY] if ensure_channel_first else data[_KEY]
+        return cast(MetaTensor, img)  # LoadImaged and EnsureChannelFirstd keep the MetaTensor
     except Exception as err:
         cause = err.__cause__ or err
         if isinstance(cause, ValueError) and str(cause).startswith(f"{path}: "):  # ours already names the file
@@ -140,13 +143,13 @@ def _check_nifti_dims(path: Path) -> None:
 def _load_dicom_file(path: Path, info: dict[str, Any]) -> MetaTensor:
     """A DICOM file read by ITK, or, for compressed pixel data that only pydicom decodes (with a plugin such as
     pylibjpeg-openjpeg for HTJ2K), by MONAI's ``PydicomReader``, MONOCHROME1 then inverted as ITK does."""
+    syntax = pydicom.uid.UID(info.get("transfer_syntax") or "1.2.840.10008.1.2")
     try:
-        return _load(path, ITKReader())
+        return _load(path, ITKReader(), compressed=syntax.is_compressed)
     except ValueError as err:
-        syntax = info.get("transfer_syntax", "")
-        if not syntax or not pydicom.uid.UID(syntax).is_compressed:
+        if not syntax.is_compressed:
             raise
-        logger.info("%s: ITK cannot decode %s; read with pydicom (%s)", path, pydicom.uid.UID(syntax).name, err)
+        logger.info("%s: ITK cannot decode %s; read with pydicom (%s)", path, syntax.name, err)
     img = _load(path, PydicomReader())
     if info["photometric"] == "MONOCHROME1":  # rescale(max stored - stored), the value ITK gives
         slope, intercept = info["rescale"]
@@ -198,12 +201,13 @@ def read_image(path: str | Path, *, spatial_dims: int | None = None, mask: bool 
             return _as_2d(img, path, info["spacing"], {**extra, "kind": "2d"})
     elif kind == "series":
         info = check_dicom_series(path)
+        packed = pydicom.uid.UID(info["transfer_syntax"] or "1.2.840.10008.1.2").is_compressed
         if info["skipped"]:  # read the image series by its id; MONAI's note about several series is expected
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*more than one DICOM series")
-                img = _load(path, ITKReader(series_name=itk_series_id(path, info["files"])))
+                img = _load(path, ITKReader(series_name=itk_series_id(path, info["files"])), compressed=packed)
         else:
-            img = _load(path, ITKReader())
+            img = _load(path, ITKReader(), compressed=packed)
         extra = {"photometric": info["photometric"], "modality": info["modality"]}
     else:
         _check_nifti_dims(path)
