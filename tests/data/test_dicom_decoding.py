@@ -63,7 +63,7 @@ def test_undecodable_compressed_dicom_is_refused_in_one_line(tmp_path, caplog):
     _no_decoder_traceback(caplog)
 
 
-@pytest.mark.skipif(not (NO_PYLIBJPEG and NO_GDCM), reason="pylibjpeg or gdcm installed: pydicom decodes the file")
+@pytest.mark.skipif(not (NO_PYLIBJPEG and NO_GDCM), reason="pylibjpeg or gdcm installed: the hint names fewer packages")
 def test_jpeg_extended_refusal_names_both_decoders(monkeypatch, caplog):
     monkeypatch.setattr(dicom, "_itk_decodes", lambda path: False)  # as if ITK had no 12-bit JPEG decoder
     path = get_testdata_file("JPEG-lossy.dcm")
