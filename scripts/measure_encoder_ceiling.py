@@ -22,8 +22,10 @@ equals the full encoder's output (tests/model/test_encoder_tail.py). One JSON pe
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -182,7 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     eval_at = sorted(set(args.eval_at or []) | {args.iterations})
-    rows = []
     for task in args.tasks:
         todo = [v for v in args.variants if args.overwrite or not (args.out / f"{task}_{v}.json").is_file()]
         if not todo:
@@ -193,11 +194,33 @@ def main(argv: list[str] | None = None) -> None:
             rec = train_variant(variant, data, args.iterations, eval_at, args.seed)
             rec.update(task=task, images=len(data["samples"]), head_cpu_s=data["head_cpu_s"], study=str(args.study))
             write_json(args.out / f"{task}_{variant}.json", rec, overwrite=args.overwrite)
-            last = rec["evals"][-1]["mean_dice"]
-            rows.append((task, variant, last["0.5"], last["0.4"], rec["train_cpu_s"]))
-    print("task\tvariant\tdice@0.5\tdice@0.4\ttrain_cpu_s")
-    for task, variant, d5, d4, cpu in rows:
-        print(f"{task}\t{variant}\t{d5:.4f}\t{d4:.4f}\t{cpu:.0f}")
+    print(report(args.out, args.tasks, args.variants))
+
+
+def report(out: Path, tasks: list[str], variants: list[str]) -> str:
+    """A Markdown table of the records in ``out``: mean (median) in-sample Dice at each scored iteration."""
+    lines = [
+        "| task | variant | trained tail weights | in-sample Dice at 0.5, mean (median) by iteration | "
+        "at 0.4, last | training CPU s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for task in tasks:
+        for variant in variants:
+            path = out / f"{task}_{variant}.json"
+            if not path.is_file():
+                continue
+            rec = json.loads(path.read_text())
+            scores = ", ".join(
+                f"{e['iteration']}: {e['mean_dice']['0.5']:.4f} ({statistics.median(e['dice']['0.5']):.4f})"
+                for e in rec["evals"]
+            )
+            last = rec["evals"][-1]["mean_dice"]["0.4"]
+            tail = rec["trainable"].get("tail", 0)
+            lines.append(
+                f"| {task} | {variant} | {tail:,} | {scores} | {last:.4f} | {rec['train_cpu_s']:.0f} "
+                f"({rec['iterations']} it.) |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,15 @@ class FeatureCache(EmbeddingCache):
         amp_dtype: torch.dtype | None = None,
         engine: str = "torch",
     ) -> None:
-        super().__init__(head_backbone(backbone, split), root, device, batch_size, progress, amp_dtype, engine)
+        super().__init__(
+            head_backbone(backbone, split),
+            root=root,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+            amp_dtype=amp_dtype,
+            engine=engine,
+        )
         self.split = split
 
 
