@@ -163,7 +163,7 @@ def _run_folds(
     tracking: str | None,
     workers: int | None,
 ) -> None:
-    """Train the folds' :func:`run_training` jobs: one after the other, or (several CPU cores, no ``torchrun``, no
+    """Train the folds' :func:`run_training` jobs: one after the other, or (several CPU threads, no ``torchrun``, no
     MLflow store shared by processes) side by side in processes after the embeddings are cached once. A fold's
     adapter is the one it gets trained alone with the same torch thread count (``tests/test_workflow.py``)."""
     from blosam_med.engine import parallel
@@ -212,8 +212,8 @@ def run_cross_fit(
     :func:`run_training`. Returns the ensemble adapter's path.
 
     ``workers``: folds trained at the same time, each in its own process with its share of the cores
-    (:func:`_run_folds`); default: one per fold up to the cores on the CPU (the ``BLOSAM_FOLD_WORKERS`` variable
-    overrides it), one fold at a time on a GPU, under ``torchrun`` or with ``tracking``.
+    (:func:`_run_folds`); default: one per fold up to torch's threads on the CPU (the ``BLOSAM_FOLD_WORKERS``
+    variable overrides it), one fold at a time on a GPU, under ``torchrun`` or with ``tracking``.
 
     Raises:
         ValueError: fewer than two folds.

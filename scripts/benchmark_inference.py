@@ -81,7 +81,7 @@ def infer_ct(volume: Path, engine: str, out: Path, export_dir: str, env: dict[st
     record = json.loads(stdout.strip().splitlines()[-1])
     if record["status"] != "done":
         raise SystemExit(f"blosam infer --engine {engine}: case {record['case']} {record['status']}: {record['error']}")
-    return {"record": record, "wall": wall, "peak_mib": usage.ru_maxrss / 1024}
+    return {"record": record, "wall": wall, "peak_mib": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def cold_cache(folder: Path, export_dir: str) -> Path:
@@ -283,7 +283,8 @@ def speed_targets(
         mask = _nifti(run["record"]["outputs"]["nifti"])
         changed = int((mask != reference).sum())
         print(
-            f"{'CT ' + name:<58}{rate:>9.2f} sl/s{rate * encoder:>11.2f} enc. rates  {changed} voxels differ from eager"
+            f"{'CT ' + name:<58}{rate:>9.2f} sl/s{rate * encoder:>11.2f} enc. rates  "
+            f"{run['cpu']:.0f} CPU-s; {changed} voxels differ from eager"
         )
     runs = list(trained.values())
     for name, (seconds, cpu, out) in trained.items():
@@ -292,8 +293,9 @@ def speed_targets(
             f"{'train polyp 4 shots, cold cache, ' + name:<58}{seconds:>10.1f} s  {seconds / encoder:>9.1f} enc.-times"
             f"  {cpu:.0f} CPU-s; max |adapter - first| {diff:.1e}"
         )
-    if iterations != 300 or slices:
-        print(f"(shortened: {iterations} training iterations, the CT's first {slices or 'all'} slices)")
+    if (iterations != 300 and not skip_train) or slices:
+        shown = "no training" if skip_train else f"{iterations} training iterations"
+        print(f"(shortened: {shown}, the CT's first {slices or 'all'} slices)")
 
 
 def main() -> None:

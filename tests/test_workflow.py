@@ -77,7 +77,7 @@ def test_parallel_folds_train_the_adapters_of_sequential_folds(synthetic_2d, tmp
     from blosam_med.cli import main
     from blosam_med.engine import parallel
 
-    monkeypatch.setattr(parallel, "available_cores", lambda: 2)  # 2 processes x 1 thread on any machine
+    monkeypatch.setattr(parallel, "thread_budget", lambda: 2)  # 2 processes x 1 thread on any machine
     args = ["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--data", str(synthetic_2d)]
     args += ["--shots", "4", "--iterations", "6", "--set", "epoch_length=3"]
     calls = []
@@ -107,14 +107,14 @@ def test_parallel_workers_per_device_cores_and_variable(monkeypatch):
     from blosam_med.engine.parallel import FOLD_WORKERS_ENV, parallel_workers
 
     monkeypatch.delenv(FOLD_WORKERS_ENV, raising=False)
-    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "thread_budget", lambda: 2)
     assert parallel_workers(2, on_cpu=True) == 2 and parallel_workers(3, on_cpu=True) == 2
     assert parallel_workers(2, on_cpu=False) == 1  # folds share a GPU one at a time
-    monkeypatch.setattr(parallel, "available_cores", lambda: 1)
-    assert parallel_workers(2, on_cpu=True) == 1  # one core: one process, the folds one after the other
+    monkeypatch.setattr(parallel, "thread_budget", lambda: 1)
+    assert parallel_workers(2, on_cpu=True) == 1  # one thread (OMP_NUM_THREADS=1): the folds one after the other
     assert parallel_workers(2, on_cpu=True, requested=5) == 2  # capped at the folds
     monkeypatch.setenv(FOLD_WORKERS_ENV, "1")
-    monkeypatch.setattr(parallel, "available_cores", lambda: 8)
+    monkeypatch.setattr(parallel, "thread_budget", lambda: 8)
     assert parallel_workers(2, on_cpu=True) == 1
     monkeypatch.setenv(FOLD_WORKERS_ENV, "two")
     with pytest.raises(ValueError, match=f"{FOLD_WORKERS_ENV}='two'"):

@@ -1,8 +1,8 @@
-"""Independent training runs at the same time, one process each, with the CPU's cores shared out between them.
+"""Independent training runs at the same time, one process each, with this process's threads shared out between them.
 
 The folds of a cross-fit are independent until their adapters are merged, so on a CPU they can train side by side:
 each in its own process (``spawn``, so no thread pool or OpenMP state is inherited) with ``torch.set_num_threads``
-set to its share of the cores. A run in a process with ``t`` threads computes exactly what it computes in the parent
+set to its share of this process's threads (on the 2-core development CPU: 2 processes of 1 thread). A run in a process with ``t`` threads computes exactly what it computes in the parent
 with ``t`` threads (``tests/engine/test_parallel.py``); with another thread count PyTorch's reductions round
 differently (about 5e-6 in a LiteMedSAM decoder gradient), as they do between machines. Log records of the processes
 are passed to the parent's loggers, so handlers there (the CLI's, pytest's ``caplog``) see them as if the runs had
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["available_cores", "parallel_workers", "run_parallel", "FOLD_WORKERS_ENV", "ProcessesUnavailable"]
+__all__ = ["thread_budget", "parallel_workers", "run_parallel", "FOLD_WORKERS_ENV", "ProcessesUnavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +32,20 @@ class ProcessesUnavailable(RuntimeError):
     """Worker processes cannot be started on this system; raised before any job ran."""
 
 
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+def thread_budget() -> int:
+    """The threads this process may use: torch's intra-op threads (the cores by default; fewer with
+    ``OMP_NUM_THREADS`` or ``torch.set_num_threads``), shared out between the worker processes."""
+    import torch
+
+    return max(1, torch.get_num_threads())
 
 
 def parallel_workers(runs: int, *, on_cpu: bool, requested: int | None = None) -> int:
     """How many of ``runs`` independent runs to train at once.
 
     ``requested`` (or else the :data:`FOLD_WORKERS_ENV` variable) is used as given, capped at ``runs``. Otherwise:
-    one process per run up to the number of cores on the CPU, one run at a time on a GPU (the runs would share it).
+    one process per run up to :func:`thread_budget` on the CPU (so ``OMP_NUM_THREADS=1`` keeps one run at a time), one
+    run at a time on a GPU (the runs would share it).
 
     Raises:
         ValueError: a requested number that is not a whole number of at least 1 (the variable's name is given).
@@ -60,7 +61,7 @@ def parallel_workers(runs: int, *, on_cpu: bool, requested: int | None = None) -
         return max(1, min(requested, runs))
     if not on_cpu or runs < 2:
         return 1
-    return max(1, min(runs, available_cores()))
+    return max(1, min(runs, thread_budget()))
 
 
 def _levels() -> dict[str, int]:
@@ -98,7 +99,7 @@ def run_parallel(
     fn: Callable[..., Any], jobs: Sequence[tuple[tuple, dict[str, Any]]], workers: int, threads: int | None = None
 ) -> list[Any]:
     """``fn(*args, **kwargs)`` for every job, ``workers`` processes at a time (``spawn``), each with ``threads`` torch
-    threads (default: the cores shared out evenly, at least one).
+    threads (default: :func:`thread_budget` shared out evenly, at least one).
 
     ``fn`` and the arguments must be picklable (``fn`` a module-level function). Every job runs to its end even when
     another fails; then the first failure is raised again in the parent (its type and message kept).
@@ -109,7 +110,7 @@ def run_parallel(
     Raises:
         ProcessesUnavailable: the system cannot start worker processes (before any job ran; run them in this process).
     """
-    threads = threads or max(1, available_cores() // max(1, workers))
+    threads = threads or max(1, thread_budget() // max(1, workers))
     context = multiprocessing.get_context("spawn")
     try:
         queue = context.Queue()
