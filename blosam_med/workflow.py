@@ -1,4 +1,5 @@
-"""Launching the package's MONAI bundle (``bundles/blosam``): its config files and one ``ConfigWorkflow`` per run.
+"""Launching the package's MONAI bundle (``blosam_med/bundle``, the template of the task bundles in ``bundles/``):
+its config files and one ``ConfigWorkflow`` per run.
 
 ``blosam train`` and the study's bundle cells both train through :func:`run_training`, so a study cell runs exactly
 what the command runs. MONAI and the data layer are imported on use, so the CLI's parser can find the bundle
@@ -30,7 +31,7 @@ __all__ = [
     "training_configs",
 ]
 
-#: The bundle shipped with the package (a link to ``bundles/blosam`` in a source checkout).
+#: The bundle shipped with the package: the generic configs every task bundle is made from.
 BUNDLE_DIR = Path(__file__).resolve().parent / "bundle"
 
 #: Folds of ``blosam train`` with the bi-level method unless ``--cross-fit`` says otherwise: the 2-fold A/B cross-fit
@@ -39,7 +40,7 @@ CROSS_FIT_FOLDS = 2
 
 
 def bundle_config(name: str) -> Path:
-    """A config file of the package's MONAI bundle (``bundles/blosam/configs/<name>``)."""
+    """A config file of the package's MONAI bundle (``blosam_med/bundle/configs/<name>``)."""
     return BUNDLE_DIR / "configs" / name
 
 
