@@ -67,6 +67,7 @@ def test_checkpoint_write_failure_in_training_is_one_line(synthetic_2d, tmp_path
 
     monkeypatch.setattr(torch, "save", full)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10, 10, 0))
+    monkeypatch.setenv("BLOSAM_FOLD_WORKERS", "1")  # the patched torch.save lives in this process, not in fold workers
     out = tmp_path / "run"
     argv = ["train", "--backbone", "tiny", "--task", "lung_xray", "--device", "cpu", "--shots", "4"]
     assert main([*argv, "--data", str(synthetic_2d), "--out", str(out), "--iterations", "2"]) == 2
