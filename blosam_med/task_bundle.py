@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from blosam_med.data import TaskConfig, task_preset_path
+from blosam_med.data import TaskConfig, load_task, task_preset_path
 from blosam_med.model import read_adapter
 from blosam_med.workflow import BUNDLE_DIR
 
@@ -46,9 +46,8 @@ TORCHSCRIPT_NOTE = (
 
 def _preset(preset: str | Path | None, adapter: dict[str, Any], path: Path) -> tuple[TaskConfig, str]:
     """The task preset (parsed, and its YAML text for ``configs/task.yaml``)."""
-    if preset is not None:
-        text = task_preset_path(preset).read_text()
-        return TaskConfig.from_dict(yaml.safe_load(text)["task"]), text
+    if preset is not None:  # load_task names the file when it has no valid task: section
+        return load_task(preset), task_preset_path(preset).read_text()
     stored = adapter.get("extra", {}).get("task")
     if not stored:
         raise ValueError(f"{path}: the adapter stores no task preset; pass the preset it was trained with (--preset)")
@@ -178,6 +177,8 @@ def make_task_bundle(
             shutil.copyfile(adapter, tmp / "models" / "model.pt")
         if out.exists():
             old = out.with_name(f".{out.name}.old")
+            if old.exists():  # left by an interrupted earlier replacement
+                shutil.rmtree(old)
             out.rename(old)
             tmp.rename(out)
             shutil.rmtree(old)

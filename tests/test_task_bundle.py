@@ -77,3 +77,13 @@ def test_a_bundle_of_a_new_adapter_through_the_cli(tmp_path, capsys):
 def test_a_missing_adapter_is_named(tmp_path, capsys):
     assert main(["bundle", "--adapter", str(tmp_path / "none.pt"), "--out", str(tmp_path / "b")]) == 2
     assert "none.pt" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_a_preset_without_a_task_section_is_named(tmp_path, capsys):
+    adapter = write_tiny_adapter(tmp_path / "adapter.pt", task="teeth")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("views: 4\n")
+    args = ["bundle", "--adapter", str(adapter), "--preset", str(bad), "--out", str(tmp_path / "b")]
+    assert main(args) == 2
+    assert "bad.yaml: a task preset needs a top-level 'task:' mapping" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
