@@ -108,6 +108,7 @@ TRAIN_OPTIONS = {
     "hypergradient": "hypergradient",
     "roles": "roles",
     "iterations": "iterations",
+    "early_stop": "early_stop_patience",
     "views": "views",
     "batch_size": "batch_size",
     "lr": "lr",
@@ -161,6 +162,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=d("bi-level: A trains the adapter and B the prompt (fixed), or they swap every iteration", "roles"),
     )
     p.add_argument("--iterations", type=int, default=given, help=d("training iterations", "iterations"))
+    p.add_argument(
+        "--early-stop",
+        type=int,
+        default=given,
+        metavar="N",
+        help=d(
+            "bi-level: stop once subset B's Dice has not risen for N validation rounds (0: never)",
+            "early_stop_patience",
+        ),
+    )
     p.add_argument(
         "--cross-fit",
         type=int,

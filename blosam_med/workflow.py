@@ -270,7 +270,8 @@ def run_cross_fit(
         "draw": first["draw"],
         "params": {**first["params"], "run_name": run_name, "ab_fold": None, "cross_fit": folds},
         "folds": [
-            {k: r[k] for k in ("validation", "final_loss", "train_seconds") if k in r} | {"run_name": name}
+            {k: r[k] for k in ("validation", "selected", "iterations", "final_loss", "train_seconds") if k in r}
+            | {"run_name": name}
             for r, name in zip(records, names, strict=True)
         ],
     }

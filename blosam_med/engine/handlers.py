@@ -122,6 +122,8 @@ class RunRecorder:
         draw: the k-shot draw and A/B split (JSON-able).
         params: hyper-parameters to log (nested dicts are flattened).
         validator: the evaluator whose final metrics go into ``metrics.json``.
+        selection: the run's :class:`KeepBestState`; its kept round and the key metric of every round go into
+            ``metrics.json`` as ``selected`` (bi-level runs: which epoch's tensors the adapter holds).
         extra: more metadata stored in the adapter (task preset...).
         tracking_uri: where MONAI's ``MLFlowHandler`` tracks this run (the bundle's id of the same name); the
             recorder logs into that run while it is ``RUNNING``, found through MLflow's search API, and logs nothing
@@ -137,6 +139,7 @@ class RunRecorder:
         draw: Mapping[str, Any],
         params: Mapping[str, Any] | None = None,
         validator: Engine | None = None,
+        selection: KeepBestState | None = None,
         extra: Mapping[str, Any] | None = None,
         tracking_uri: str | None = None,
         experiment_name: str | None = None,
@@ -144,7 +147,7 @@ class RunRecorder:
     ) -> None:
         self.network, self.output_dir = network, Path(output_dir)
         self.draw, self.params = dict(draw), dict(params or {})
-        self.validator, self.extra = validator, dict(extra or {})
+        self.validator, self.selection, self.extra = validator, selection, dict(extra or {})
         self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
         self._started = 0.0
 
@@ -193,6 +196,9 @@ class RunRecorder:
             "draw": self.draw,
             "params": self.params,
         }
+        selected = self.selection.summary() if self.selection is not None else None
+        if selected is not None:
+            metrics["selected"] = selected
         adapter = save_adapter(
             self.network,
             out / "adapter.pt",
@@ -226,6 +232,7 @@ class KeepBestState:
         self.best_metric = -float("inf")
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
+        self.rounds: list[tuple[int, float]] = []  # (trainer epoch, key metric) of every validation round
         self._trainer: Engine | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -238,18 +245,31 @@ class KeepBestState:
     def record(self, validator: Engine) -> None:
         name = validator.state.key_metric_name  # type: ignore[attr-defined]
         value = float(validator.state.metrics[name])
+        epoch = self._trainer.state.epoch if self._trainer is not None else 0
+        self.rounds.append((epoch, value))
         if value >= self.best_metric:
-            self.best_metric, self.best_state = value, self.network.trainable_state_dict()
-            self.best_epoch = self._trainer.state.epoch if self._trainer is not None else 0
+            self.best_metric, self.best_state, self.best_epoch = value, self.network.trainable_state_dict(), epoch
 
     def restore(self, engine: Engine) -> None:
         if self.best_state is not None:
             self.network.load_trainable_state_dict(self.best_state, "best validation state")
             logger.info("kept the trained tensors of epoch %d (validation %.4f)", self.best_epoch, self.best_metric)
 
+    def summary(self) -> dict[str, Any] | None:
+        """The kept round and every round's key metric, for ``metrics.json``; ``None`` when nothing was selected."""
+        if not self.enabled or self.best_state is None:
+            return None
+        return {"epoch": self.best_epoch, "value": self.best_metric, "rounds": [list(r) for r in self.rounds]}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "best_state": self.best_state or {}}
+        return {
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state or {},
+            "rounds": [list(r) for r in self.rounds],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         self.best_state = dict(state["best_state"]) or None
+        self.rounds = [(int(e), float(v)) for e, v in state.get("rounds", [])]  # checkpoints of bundles before 0.11.0 have none

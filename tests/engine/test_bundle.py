@@ -221,3 +221,16 @@ def test_cross_fit_tracks_its_folds_and_the_ensemble_in_one_store(synthetic_2d, 
         client.get_run(ensemble.info.run_id).data.metrics["test_dice"]
         == json.loads(result.read_text())["mean"]["dice"]["mean"]
     )
+
+
+def test_early_stopping_ends_training_rounds_after_the_best_on_b(synthetic_2d, tmp_path):
+    out = tmp_path / "es"
+    common = ["--iterations", "40", "--cross-fit", "1", "--set", "epoch_length=2", "lr=0.0"]
+    assert _train(synthetic_2d, out, *common, "--early-stop", "2") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    selected = metrics["selected"]
+    # lr 0: B's Dice never rises after the first round, so training stops 2 rounds after it
+    assert [e for e, _ in selected["rounds"]] == [1, 2, 3] and selected["epoch"] == 3  # a tie keeps the later round
+    assert metrics["iterations"] == 6 and metrics["params"]["early_stop_patience"] == 2
+    assert _train(synthetic_2d, tmp_path / "full", *common) == 0  # patience 0 (the default): every iteration
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text())["iterations"] == 40

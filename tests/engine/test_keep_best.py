@@ -66,3 +66,12 @@ def test_state_round_trip_resumes_the_selection(tiny_backbone):
     other.load_state_dict(keeper.state_dict())
     assert other.best_metric == 0.8 and other.best_epoch == 2
     assert all(torch.equal(other.best_state[k], v) for k, v in keeper.best_state.items())
+
+
+def test_summary_names_the_kept_round_and_every_round(tiny_backbone):
+    _, _, keeper = _train(tiny_backbone, [0.2, 0.7, 0.4])
+    assert keeper.summary() == {"epoch": 2, "value": 0.7, "rounds": [[1, 0.2], [2, 0.7], [3, 0.4]]}
+    restored = KeepBestState(keeper.network, keeper.validator)
+    restored.load_state_dict(keeper.state_dict())
+    assert restored.summary() == keeper.summary()
+    assert _train(tiny_backbone, [0.9], enabled=False)[2].summary() is None
