@@ -140,7 +140,7 @@ def _bundle_defaults(config: str) -> Callable[[str, str], str]:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from blosam_med.variants import HYPERGRADIENTS, METHODS, ROLES
+    from blosam_med.variants import ENCODER_TAILS, HYPERGRADIENTS, METHODS, ROLES
     from blosam_med.workflow import CROSS_FIT_FOLDS
 
     d = _bundle_defaults("train.yaml")
@@ -181,6 +181,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"--out/fold<k>, averaged into one adapter.pt (K times the training time; default {CROSS_FIT_FOLDS} with "
         "--method blosam, 1 (one run) otherwise)",
     )
+    p.add_argument(
+        "--encoder-tail",
+        choices=list(ENCODER_TAILS),
+        default=None,
+        help="also train the encoder's last layers on cached head features (LiteMedSAM; docs/encoder_tail.md): "
+        "neck (the neck fine-tuned) or stage (the neck, and LoRA on the last stage); adds the bundle's "
+        "encoder_tail.yaml, whose tail_* keys --set may change (default: the frozen encoder)",
+    )
     p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
     p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))
     p.add_argument(
@@ -212,7 +220,15 @@ def _run_train(args: argparse.Namespace) -> int:
     from blosam_med.config_keys import bundle_ids, suggest
     from blosam_med.data import open_datalist
     from blosam_med.io import check_output_folder
-    from blosam_med.workflow import bundle_value, cross_fit_folds, run_cross_fit, run_training, training_configs
+    from blosam_med.variants import ENCODER_TAILS
+    from blosam_med.workflow import (
+        bundle_config,
+        bundle_value,
+        cross_fit_folds,
+        run_cross_fit,
+        run_training,
+        training_configs,
+    )
 
     data = Path(args.data)
     if not data.exists():
@@ -227,8 +243,10 @@ def _run_train(args: argparse.Namespace) -> int:
         "output_dir": str(args.out),
         "device": f"$torch.device('{device}')",
         **{bundle_id: getattr(args, name) for name, bundle_id in TRAIN_OPTIONS.items() if hasattr(args, name)},
+        **(ENCODER_TAILS[args.encoder_tail] if args.encoder_tail else {}),
     }
-    configs = training_configs(args.task, distributed=args.distributed)
+    extra = [bundle_config("encoder_tail.yaml")] if args.encoder_tail else []
+    configs = training_configs(args.task, distributed=args.distributed, extra_configs=extra)
     known = bundle_ids(configs)
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -243,9 +261,9 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CLIError(f"--cross-fit {err}") from err
     tracking = "mlflow" if args.tracking or hasattr(args, "tracking_uri") else None
     if folds > 1:
-        run_cross_fit(args.task, override, folds, distributed=args.distributed, tracking=tracking)
+        run_cross_fit(args.task, override, folds, distributed=args.distributed, tracking=tracking, extra_configs=extra)
     else:
-        run_training(args.task, override, distributed=args.distributed, tracking=tracking)
+        run_training(args.task, override, distributed=args.distributed, tracking=tracking, extra_configs=extra)
     if int(os.environ.get("RANK", 0)) == 0:
         print(Path(args.out) / "adapter.pt")
     return 0

@@ -31,6 +31,7 @@ TEMPLATE_FILES = (
     "configs/evaluate.yaml",
     "configs/inference.yaml",
     "configs/multi_gpu_train.yaml",
+    "configs/encoder_tail.yaml",
     "docs/data_license.txt",
     "eval/schema.json",
 )

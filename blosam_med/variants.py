@@ -17,6 +17,7 @@ __all__ = [
     "HYPERGRADIENTS",
     "ROLES",
     "PROMPT_INITS",
+    "ENCODER_TAILS",
     "REGISTRIES",
     "TrainingVariant",
     "check_name",
@@ -47,6 +48,13 @@ HYPERGRADIENTS: Mapping[str, str] = {
 PROMPT_INITS: Mapping[str, str] = {
     "no_mask": "the dense no-mask embedding only (the paper)",
     "box": "also two sparse tokens of a whole-frame box, learned",
+}
+
+#: Encoder-tail variants (issue 40, docs/encoder_tail.md): the bundle's ``encoder_tail.yaml`` merged after
+#: ``train.yaml`` with these overrides (``blosam train --encoder-tail``, a study method's ``encoder_tail``).
+ENCODER_TAILS: Mapping[str, Mapping[str, Any]] = {
+    "neck": {"tail_cut": "neck", "tail_neck": "full", "tail_stage_lora": False},
+    "stage": {"tail_cut": "last_stage", "tail_neck": "full", "tail_stage_lora": True},
 }
 
 #: Registry of each variant option, by the bundle id that selects it.

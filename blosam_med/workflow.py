@@ -68,15 +68,21 @@ def bundle_workflow(
 
 
 def training_configs(
-    task: str | Path, *, distributed: bool = False, train_config: str | Path | None = None
+    task: str | Path,
+    *,
+    distributed: bool = False,
+    train_config: str | Path | None = None,
+    extra_configs: Sequence[str | Path] = (),
 ) -> list[Path]:
     """The config files of a training run, in merge order: ``train.yaml`` (or ``train_config``, a copy of it),
-    ``multi_gpu_train.yaml`` (with ``distributed``), the task preset (name or YAML file)."""
+    ``multi_gpu_train.yaml`` (with ``distributed``), ``extra_configs`` (e.g. ``encoder_tail.yaml``), the task preset
+    (name or YAML file)."""
     from blosam_med.data import task_preset_path
 
     configs = [Path(train_config) if train_config else bundle_config("train.yaml")]
     if distributed:
         configs.append(bundle_config("multi_gpu_train.yaml"))
+    configs += [Path(c) for c in extra_configs]
     configs.append(task_preset_path(task))
     return configs
 
@@ -114,6 +120,7 @@ def run_training(
     distributed: bool = False,
     tracking: str | None = None,
     train_config: str | Path | None = None,
+    extra_configs: Sequence[str | Path] = (),
 ) -> ConfigWorkflow:
     """Run the bundle's ``train.yaml`` for a task preset (name or YAML file) and return the finished workflow.
 
@@ -123,8 +130,10 @@ def run_training(
         distributed: also merge ``multi_gpu_train.yaml`` (one of several ``torchrun`` processes).
         tracking: ``"mlflow"`` to track the run with MONAI's MLflow handler.
         train_config: run this copy of ``train.yaml`` instead of the package's (a study pins the one it started with).
+        extra_configs: config files merged after those, before the task preset (``encoder_tail.yaml``: the encoder's
+            last layers trained on cached head features).
     """
-    configs = training_configs(task, distributed=distributed, train_config=train_config)
+    configs = training_configs(task, distributed=distributed, train_config=train_config, extra_configs=extra_configs)
     workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides, tracking=tracking)
     workflow.initialize()
     workflow.run()
@@ -150,7 +159,9 @@ def _fill_cache(job: tuple[tuple, dict[str, Any]]) -> None:
     the folds that then start at the same time read them instead of each encoding them (every fold trains on the
     same shots and views; only the A/B split turns)."""
     (task, overrides), kwargs = job
-    configs = training_configs(task, distributed=False, train_config=kwargs["train_config"])
+    configs = training_configs(
+        task, distributed=False, train_config=kwargs["train_config"], extra_configs=kwargs["extra_configs"]
+    )
     workflow = bundle_workflow(configs, run_id="run", workflow_type="train", overrides=overrides)
     workflow.initialize()
     workflow.parser.get_parsed_content("fewshot")
@@ -198,6 +209,7 @@ def run_cross_fit(
     tracking: str | None = None,
     train_config: str | Path | None = None,
     workers: int | None = None,
+    extra_configs: Sequence[str | Path] = (),
 ) -> Path:
     """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
     (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
@@ -209,8 +221,8 @@ def run_cross_fit(
     ``resume``, folds that already wrote their adapter are kept, a fold with checkpoints continues from them and
     the others start. With ``tracking``, the folds are MLflow runs ``<run_name>_fold<k>`` and the ensemble a run
     ``<run_name>`` (params, out-of-fold validation, ``adapter.pt``), all in ``tracking_uri``, by default
-    ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. ``train_config``: as in
-    :func:`run_training`. Returns the ensemble adapter's path.
+    ``<output_dir>/mlruns.db``, where ``blosam evaluate --tracking`` finds it. ``train_config`` and
+    ``extra_configs``: as in :func:`run_training`. Returns the ensemble adapter's path.
 
     ``workers``: folds trained at the same time, each in its own process with its share of the cores
     (:func:`_run_folds`); default: one per fold up to torch's threads on the CPU (the ``BLOSAM_FOLD_WORKERS``
@@ -225,7 +237,7 @@ def run_cross_fit(
     from blosam_med.model import merge_adapters, read_adapter
     from blosam_med.tracking import sqlite_uri
 
-    configs = training_configs(task, distributed=distributed, train_config=train_config)
+    configs = training_configs(task, distributed=distributed, train_config=train_config, extra_configs=extra_configs)
     if cross_fit_folds(bundle_value(configs, "method", overrides), folds) < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     resume, overwrite = bool(overrides.get("resume")), bool(overrides.get("overwrite"))
@@ -246,7 +258,12 @@ def run_cross_fit(
                 "ab_fold": k,
                 "run_name": f"$({base[1:]}) + '_fold{k}'" if base.startswith("$") else f"{base}_fold{k}",
             }
-            kwargs = {"distributed": distributed, "tracking": tracking, "train_config": train_config}
+            kwargs = {
+                "distributed": distributed,
+                "tracking": tracking,
+                "train_config": train_config,
+                "extra_configs": list(extra_configs),
+            }
             jobs.append(((task, {**fold_overrides, "resume": started}), kwargs))
     _run_folds(configs, jobs, distributed=distributed, tracking=tracking, workers=workers)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's

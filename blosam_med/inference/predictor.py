@@ -91,7 +91,7 @@ class Predictor:
         if refine is not None and len(refine) != len(self.models):
             raise ValueError(f"{len(refine)} refinement entries for {len(self.models)} models")
         self.refiners = [
-            BoxRefiner(m.backbone, n, gate).to(self.device) if n else None
+            BoxRefiner(m.backbone, n, gate, m.frozen_embeddings).to(self.device) if n else None
             for m, (n, gate) in zip(self.models, refine or [(0, 0.0)] * len(self.models), strict=True)
         ]
         chosen = list(thresholds) if thresholds is not None else [0.5] * len(self.models)

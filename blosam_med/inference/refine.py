@@ -5,10 +5,13 @@ polyps), while a few-shot prompt-free adapter finds the object but draws its out
 the pretrained prompt encoder and decoder, untouched by training, a box around each of the largest components of the
 adapter's mask, and keeps their union where it agrees with the first mask (a gate on their Dice): a refined mask that
 disagrees, usually because the first mask's largest component was a false positive, leaves the first mask as it was.
-The image embedding is the one the first pass used, so the encoder does not run again.
+The image embedding is the one the first pass used, so the encoder does not run again (for an encoder-tail adapter,
+the first pass's head features through the backbone's untrained tail: the embedding a plain adapter refines from).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -68,6 +71,9 @@ class BoxRefiner:
         backbone: the adapter's backbone; its prompt encoder and mask decoder are the pretrained ones.
         components: the ``n`` largest connected components of the first mask (logit > 0) each give one box.
         gate: the refined logits replace the first ones only if the Dice of their masks is at least ``gate``.
+        frozen: maps what the model decodes to the pretrained encoder's embedding (the model's
+            ``frozen_embeddings``: an encoder-tail adapter's head features through the untrained tail); ``None``:
+            the embedding as given.
 
     Example::
 
@@ -75,12 +81,18 @@ class BoxRefiner:
         logits = refiner(embedding, logits)  # (1, C, h, w), (H, W) -> (H, W)
     """
 
-    def __init__(self, backbone: Backbone, components: int = 1, gate: float = 0.6) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        components: int = 1,
+        gate: float = 0.6,
+        frozen: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         if components < 1:
             raise ValueError(f"box refinement needs at least one component, got {components}")
         if not 0.0 <= gate <= 1.0:
             raise ValueError(f"the refinement gate is a Dice in [0, 1], got {gate}")
-        self.backbone, self.components, self.gate = backbone, components, gate
+        self.backbone, self.components, self.gate, self.frozen = backbone, components, gate, frozen
 
     def to(self, device: str | torch.device) -> BoxRefiner:
         self.backbone.prompt_encoder.to(device)
@@ -96,6 +108,8 @@ class BoxRefiner:
         if len(boxes) == 0:
             return logits, 1.0
         size = (int(logits.shape[-2]), int(logits.shape[-1]))
+        if self.frozen is not None:
+            embedding = self.frozen(embedding)
         refined = box_logits(self.backbone, embedding, boxes, size).to(logits.device)
         second = (refined > 0).cpu().numpy()
         return refined, float(2.0 * np.logical_and(first, second).sum() / (first.sum() + second.sum()))

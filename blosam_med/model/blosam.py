@@ -11,7 +11,7 @@ from blosam_med.model.adapter import DECODER_HEADS, MASK_HEADS, LoraSettings, co
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.preprocess import postprocess_logits
 
-__all__ = ["BloSam", "PromptFreeDecoder", "PROMPT_PARAMETER", "PROMPT_TOKENS", "PROMPT_INITS"]
+__all__ = ["BloSam", "PromptFreeDecoder", "PROMPT_PARAMETER", "PROMPT_TOKENS", "PROMPT_INITS", "load_trainable"]
 
 #: The upper-level variable: SAM's dense "no mask" embedding, broadcast over the embedding grid.
 PROMPT_PARAMETER = "prompt_encoder.no_mask_embed.weight"
@@ -136,22 +136,16 @@ class BloSam(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Copy trained tensors in; the keys must be exactly this model's trainable parameters."""
-        own = dict(self.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad}
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        wrong = sorted(n for n in expected & set(state) if own[n].shape != state[n].shape)
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"{source}: trained tensors do not fit this model; missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
-            )
-        with torch.no_grad():
-            for n, t in state.items():
-                own[n].copy_(t)
+        load_trainable(self, state, source)
 
     @property
     def lora_modules(self) -> int:
         return count_lora_modules(self)
+
+    def frozen_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The pretrained encoder's embeddings of what :meth:`forward_embeddings` takes: here the same tensor (an
+        encoder-tail model maps its head features through the untrained tail). Box refinement decodes these."""
+        return embeddings
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -193,6 +187,26 @@ class BloSam(nn.Module):
     def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Undo padding and resizing: (B, 1, h, w) logits -> (B, 1, H, W) at the original image size."""
         return postprocess_logits(logits, self.preprocessing, original_size)
+
+
+def load_trainable(module: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy trained tensors into ``module``; the keys must be exactly its parameters that require gradients.
+
+    Raises:
+        ValueError: missing, unexpected or misshapen tensors, naming ``source`` and up to five keys of each.
+    """
+    own = dict(module.named_parameters())
+    expected = {n for n, p in own.items() if p.requires_grad}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    wrong = sorted(n for n in expected & set(state) if own[n].shape != state[n].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{source}: trained tensors do not fit this model; missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {wrong[:5]}"
+        )
+    with torch.no_grad():
+        for n, t in state.items():
+            own[n].copy_(t)
 
 
 class PromptFreeDecoder(nn.Module):

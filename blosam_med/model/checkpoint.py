@@ -1,4 +1,5 @@
-"""Adapter checkpoints: only what BLO-SAM trains (LoRA, decoder heads, prompt) plus what describes the model."""
+"""Adapter checkpoints: only what BLO-SAM trains (LoRA, decoder heads, prompt; an encoder tail's trained tensors)
+plus what describes the model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from blosam_med.io import atomic_write
 from blosam_med.model.adapter import LoraSettings
 from blosam_med.model.backbones import Backbone, Preprocessing, build_backbone
 from blosam_med.model.blosam import BloSam
+from blosam_med.model.encoder_tail import TailBloSam, TailSettings
 from blosam_med.model.ensemble import AdapterEnsemble, PromptFreeModel
 
 __all__ = [
@@ -44,10 +46,18 @@ _DESCRIPTION = (
     "train_heads",
     "prompt_init",
     "upper_heads",
+    "encoder_tail",
 )
 
-#: What an adapter written before an option existed was trained with.
-_DESCRIPTION_DEFAULTS = {"prompt_init": "no_mask", "upper_heads": False}
+#: What an adapter written before an option existed was trained with (``encoder_tail``: none, a frozen encoder).
+_DESCRIPTION_DEFAULTS = {"prompt_init": "no_mask", "upper_heads": False, "encoder_tail": None}
+
+#: Description keys written only when set, so an adapter without the option is the file it always was.
+_WRITTEN_WHEN_SET = ("encoder_tail",)
+
+
+def _written(described: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in described.items() if not (k in _WRITTEN_WHEN_SET and v is None)}
 
 
 def save_adapter(
@@ -70,20 +80,24 @@ def save_adapter(
         raise ValueError(f"{path}: ensemble members differ in their description: {described}")
     states = [m.trainable_state_dict() for m in members]
     tensors = {"members": states} if isinstance(model, AdapterEnsemble) else {"state_dict": states[0]}
-    payload = {"format": ADAPTER_FORMAT, **described[0], **tensors, "extra": extra or {}}
+    payload = {"format": ADAPTER_FORMAT, **_written(described[0]), **tensors, "extra": extra or {}}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
 
 
-def _describe(model: BloSam) -> dict[str, Any]:
+def _describe(model: BloSam | TailBloSam) -> dict[str, Any]:
+    """The description of a model; an encoder-tail model's is its decoder's (the full backbone and its embeddings)
+    with the tail's settings under ``encoder_tail``."""
+    decoder = model.decoder if isinstance(model, TailBloSam) else model
     return {
-        "backbone": model.backbone_name,
-        "backbone_fingerprint": model.backbone_fingerprint,
-        "preprocessing": model.preprocessing.to_dict(),
-        "embedding_shape": list(model.embedding_shape),
-        "lora": model.lora.to_dict(),
-        "train_heads": model.train_heads,
-        "prompt_init": model.prompt_init,
-        "upper_heads": model.upper_heads,
+        "backbone": decoder.backbone_name,
+        "backbone_fingerprint": decoder.backbone_fingerprint,
+        "preprocessing": decoder.preprocessing.to_dict(),
+        "embedding_shape": list(decoder.embedding_shape),
+        "lora": decoder.lora.to_dict(),
+        "train_heads": decoder.train_heads,
+        "prompt_init": decoder.prompt_init,
+        "upper_heads": decoder.upper_heads,
+        "encoder_tail": model.settings.to_dict() if isinstance(model, TailBloSam) else None,
     }
 
 
@@ -96,7 +110,7 @@ def merge_adapters(
 
     Raises:
         ValueError: fewer than two members, or files that differ in backbone, preprocessing, LoRA settings,
-            trained heads or prompt start, naming the files.
+            trained heads, prompt start or encoder tail, naming the files.
     """
     payloads = [read_adapter(p) for p in paths]
     first = {k: payloads[0].get(k, _DESCRIPTION_DEFAULTS.get(k)) for k in _DESCRIPTION}
@@ -107,7 +121,12 @@ def merge_adapters(
     members = [s for payload in payloads for s in payload.get("members", [payload.get("state_dict")])]
     if len(members) < 2:
         raise ValueError(f"{', '.join(map(str, paths))}: an ensemble needs at least two members, got {len(members)}")
-    merged = {"format": ADAPTER_FORMAT, **first, "members": members, "extra": extra or payloads[0].get("extra", {})}
+    merged = {
+        "format": ADAPTER_FORMAT,
+        **_written(first),
+        "members": members,
+        "extra": extra or payloads[0].get("extra", {}),
+    }
     return atomic_write(path, lambda tmp: torch.save(merged, tmp), overwrite=overwrite)
 
 
@@ -161,10 +180,13 @@ def load_adapter(
         checkpoint: backbone checkpoint for SAM/MedSAM backbones.
 
     Returns:
-        The model (eval mode) and the adapter's ``extra`` metadata.
+        The model (eval mode) and the adapter's ``extra`` metadata: a :class:`~blosam_med.model.blosam.BloSam`, or
+        for an adapter with ``encoder_tail`` a :class:`~blosam_med.model.encoder_tail.TailBloSam` (its
+        ``backbone`` is the frozen head: caches of it hold the head's features), or an ensemble of either.
 
     Raises:
-        BackboneMismatchError: ``backbone`` is not the one the adapter was trained on.
+        BackboneMismatchError: ``backbone`` is not the one the adapter was trained on, or an encoder-tail adapter
+            meets an encoder that cannot be split (not a TinyViT).
     """
     payload = read_adapter(path)
     name = payload["backbone"]
@@ -192,15 +214,27 @@ def load_adapter(
     states = payload["members"] if "members" in payload else [payload["state_dict"]]
     if "members" in payload and len(states) < 2:
         raise ValueError(f"{path}: an ensemble adapter needs at least two members, it holds {len(states)}")
+    tail = payload.get("encoder_tail")
+    settings = TailSettings.from_dict(tail, str(path)) if tail is not None else None
     members = []
     for i, state in enumerate(states):
-        model = BloSam(
-            backbone,
-            LoraSettings(**payload["lora"]),
-            train_heads=bool(payload["train_heads"]),
-            prompt_init=payload.get("prompt_init", _DESCRIPTION_DEFAULTS["prompt_init"]),
-            upper_heads=bool(payload.get("upper_heads", _DESCRIPTION_DEFAULTS["upper_heads"])),
-        )
+        options: dict[str, Any] = {
+            "lora": LoraSettings(**payload["lora"]),
+            "train_heads": bool(payload["train_heads"]),
+            "prompt_init": payload.get("prompt_init", _DESCRIPTION_DEFAULTS["prompt_init"]),
+            "upper_heads": bool(payload.get("upper_heads", _DESCRIPTION_DEFAULTS["upper_heads"])),
+        }
+        model: BloSam | TailBloSam
+        if settings is None:
+            model = BloSam(backbone, **options)
+        else:
+            try:
+                model = TailBloSam(backbone, settings, **options)
+            except ValueError as err:
+                raise BackboneMismatchError(
+                    f"{path}: adapter adapts the encoder's tail (cut '{settings.cut}'), which needs a TinyViT "
+                    f"encoder: {err}"
+                ) from None
         try:
             model.load_trainable_state_dict(state, f"{path}, member {i}" if "members" in payload else str(path))
         except ValueError as err:

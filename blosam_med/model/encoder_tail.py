@@ -31,7 +31,7 @@ from torch import nn
 
 from blosam_med.model.adapter import LoraSettings
 from blosam_med.model.backbones import Backbone
-from blosam_med.model.blosam import BloSam
+from blosam_med.model.blosam import BloSam, load_trainable
 from blosam_med.model.embedding_cache import EmbeddingCache
 
 __all__ = [
@@ -64,7 +64,7 @@ def _is_tinyvit(encoder: Any) -> bool:
     return all(hasattr(encoder, a) for a in ("patch_embed", "layers", "neck")) and len(encoder.layers) >= 2
 
 
-def _to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _to_map(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """(B, h*w, C) tokens -> (B, C, h, w), as TinyViT's ``forward_features`` does before the neck."""
     b, n, c = tokens.shape
     if n != grid[0] * grid[1]:
@@ -227,6 +227,23 @@ class TailSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "encoder tail settings") -> TailSettings:
+        """The inverse of :meth:`to_dict` (an adapter file's ``encoder_tail``).
+
+        Raises:
+            ValueError: not a mapping, unknown keys or values, naming ``source``.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - names:
+            found = sorted(set(d) - names) if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"{source}: encoder_tail must map {sorted(names)}, got {found}")
+        try:
+            lora = d.get("lora")
+            return cls(**{**d, **({"lora": LoraSettings(**lora)} if isinstance(lora, dict) else {})})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: encoder_tail {d}: {err}") from None
+
 
 def _adapt_tail(tail: nn.Module, settings: TailSettings) -> None:
     """Make ``tail`` trainable as ``settings`` says (in place): LoRA layers injected, the neck unfrozen for ``full``."""
@@ -250,19 +267,26 @@ def _adapt_tail(tail: nn.Module, settings: TailSettings) -> None:
 class TailBloSam(nn.Module):
     """BLO-SAM with a trainable encoder tail: cached head features -> tail -> prompt-free decoder.
 
+    It answers what the trainer, the handlers, :func:`~blosam_med.model.save_adapter` and the
+    :class:`~blosam_med.inference.Predictor` ask of a :class:`~blosam_med.model.blosam.BloSam`, with the head's
+    features in place of the embeddings: :attr:`backbone` is the backbone with the frozen **head** as its image
+    encoder (:func:`head_backbone`, named ``<name>@<cut>``), so an
+    :class:`~blosam_med.model.embedding_cache.EmbeddingCache` of it is this model's :class:`FeatureCache` and inference
+    runs the encoder once per image (the head), then :meth:`forward_embeddings` (tail and decoder).
+
     Args:
-        backbone: the full backbone.
+        backbone: the full backbone (a TinyViT encoder: LiteMedSAM).
         settings: the cut and what of the tail trains.
         lora: the decoder's LoRA (as for :class:`~blosam_med.model.blosam.BloSam`).
-        train_heads, prompt_init: as for ``BloSam``.
+        train_heads, prompt_init, upper_heads: as for ``BloSam``.
 
     The decoder's lower-level parameters (LoRA, heads) and the tail's trainable ones form
-    :meth:`lower_parameters`; the learned prompt is :meth:`upper_parameters`.
+    :meth:`lower_parameters`; the learned prompt (and with ``upper_heads`` the mask heads) :meth:`upper_parameters`.
 
     Example::
 
         model = TailBloSam(build_backbone("litemedsam"), TailSettings(cut="last_stage", stage_lora=True))
-        logits = model.forward_features(features)  # (B, 320, 64, 64) -> (B, 1, 256, 256)
+        logits = model.forward_embeddings(features)  # (B, 320, 64, 64) -> (B, 1, 256, 256)
     """
 
     def __init__(
@@ -272,16 +296,35 @@ class TailBloSam(nn.Module):
         lora: LoraSettings = LoraSettings(),
         train_heads: bool = True,
         prompt_init: str = "no_mask",
+        upper_heads: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.split = split_encoder(backbone, settings.cut)
         self.tail = self.split.tail
         _adapt_tail(self.tail, settings)
-        self.decoder = BloSam(backbone, lora, train_heads=train_heads, prompt_init=prompt_init)
+        self.decoder = BloSam(backbone, lora, train_heads=train_heads, prompt_init=prompt_init, upper_heads=upper_heads)
         self.feature_shape = self.split.feature_shape
+        # what the cache, the engines and the predictor see: the head as the backbone's encoder, its features as
+        # the embeddings (a plain dataclass: its modules are registered once, in the decoder's image_encoder)
+        self.backbone = head_backbone(backbone, self.split)
+        self.backbone_name = self.backbone.name
+        self.backbone_fingerprint = backbone.fingerprint
+        self.preprocessing = backbone.preprocessing
+        self.embedding_shape = tuple(self.feature_shape)
+        self.lora, self.train_heads, self.prompt_init, self.upper_heads = lora, train_heads, prompt_init, upper_heads
 
-    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+    @property
+    def source_backbone(self) -> str:
+        """The full backbone's name (``litemedsam``), what an adapter file records."""
+        return self.decoder.backbone_name
+
+    @property
+    def prompt(self) -> nn.Parameter:
+        """The learned dense prompt (1, C)."""
+        return self.decoder.prompt
+
+    def forward_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) head features (:attr:`feature_shape`) -> (B, 1, 4h, 4w) mask logits in the padded frame."""
         if features.ndim != 4 or tuple(features.shape[1:]) != self.feature_shape:
             raise ValueError(
@@ -289,8 +332,30 @@ class TailBloSam(nn.Module):
             )
         return self.decoder.forward_embeddings(self.tail(features))
 
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward_embeddings` (the name of step 1's scripts)."""
+        return self.forward_embeddings(features)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(features)
+        return self.forward_embeddings(features)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen head: preprocessed (B, 3, S, S) -> features (B, C, h, w)."""
+        return self.split.head(images)
+
+    @torch.no_grad()
+    def frozen_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """The pretrained encoder's (B, 256, h, w) embeddings of head features: the backbone's own, untrained last
+        stage (``last_stage`` cut) and neck. Box refinement decodes these, as for a plain adapter."""
+        encoder: Any = self.decoder.image_encoder  # the backbone's TinyViT (checked by split_encoder)
+        if self.settings.cut == "last_stage":
+            features = _to_map(encoder.layers[-1](_to_tokens(features)), self.feature_shape[1:])
+        return encoder.neck(features)
+
+    def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """Undo padding and resizing: (B, 1, h, w) logits -> (B, 1, H, W) at the original image size."""
+        return self.decoder.postprocess(logits, original_size)
 
     def tail_parameters(self) -> list[nn.Parameter]:
         """The tail's trained parameters (LoRA layers, the neck with ``neck="full"``)."""
@@ -301,12 +366,16 @@ class TailBloSam(nn.Module):
         return self.decoder.lower_parameters() + self.tail_parameters()
 
     def upper_parameters(self) -> list[nn.Parameter]:
-        """The learned prompt."""
+        """The learned prompt (and the decoder's other upper-level parameters)."""
         return self.decoder.upper_parameters()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every trained tensor (decoder and tail), detached, on the CPU."""
         return {n: p.detach().cpu().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Copy trained tensors in; the keys must be exactly this model's trainable parameters."""
+        load_trainable(self, state, source)
 
     def trainable_counts(self) -> dict[str, int]:
         """Trained parameter counts: ``decoder`` (LoRA, heads, prompt) and ``tail``."""

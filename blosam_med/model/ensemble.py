@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from blosam_med.model.blosam import BloSam
+from blosam_med.model.encoder_tail import TailBloSam
 
-__all__ = ["AdapterEnsemble", "PromptFreeModel", "mean_probability_logit"]
+__all__ = ["AdapterEnsemble", "Member", "PromptFreeModel", "mean_probability_logit"]
+
+#: What an ensemble averages: models trained on one backbone, the encoder frozen or its tail adapted (one cut).
+Member = BloSam | TailBloSam
 
 
 def mean_probability_logit(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -29,7 +33,7 @@ class AdapterEnsemble(nn.Module):
     It answers what :class:`~blosam_med.inference.Predictor` asks of a :class:`BloSam`.
     """
 
-    def __init__(self, members: Sequence[BloSam]) -> None:
+    def __init__(self, members: Sequence[Member]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two members, got {len(members)}")
@@ -45,9 +49,9 @@ class AdapterEnsemble(nn.Module):
         self.embedding_shape = first.embedding_shape
 
     @property
-    def members(self) -> list[BloSam]:
+    def members(self) -> list[Member]:
         """The members, in fold order."""
-        return [cast(BloSam, m) for m in self.folds]
+        return [cast(Member, m) for m in self.folds]
 
     def __len__(self) -> int:
         return len(self.folds)
@@ -56,10 +60,15 @@ class AdapterEnsemble(nn.Module):
         """(B, C, h, w) embeddings -> (B, 1, 4h, 4w) logits of the members' mean probability."""
         return mean_probability_logit([m.forward_embeddings(embeddings) for m in self.members])
 
+    def frozen_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The pretrained encoder's embeddings of what :meth:`forward_embeddings` takes, as every member gives them."""
+        return self.members[0].frozen_embeddings(embeddings)
+
     def postprocess(self, logits: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Undo padding and resizing, as every member does."""
         return self.members[0].postprocess(logits, original_size)
 
 
-#: What predicts masks from embeddings: one trained model or a cross-fitted ensemble.
-PromptFreeModel = BloSam | AdapterEnsemble
+#: What predicts masks from embeddings (or an encoder tail's head features): one trained model or a cross-fitted
+#: ensemble.
+PromptFreeModel = BloSam | TailBloSam | AdapterEnsemble

@@ -10,6 +10,7 @@ from torch import nn
 from blosam_med.model.backbones import build_backbone
 from blosam_med.model.blosam import BloSam
 from blosam_med.model.checkpoint import load_adapter
+from blosam_med.model.encoder_tail import TailBloSam
 from blosam_med.model.ensemble import AdapterEnsemble, PromptFreeModel
 from blosam_med.model.preprocess import preprocess_batch
 
@@ -30,7 +31,8 @@ class PromptFreeNetwork(nn.Module):
 
     Args:
         adapter: an adapter file (a bundle's ``models/model.pt``, a run's ``adapter.pt``), an already built
-            :class:`BloSam` / :class:`AdapterEnsemble`, or ``None`` for the untrained starting point of training (zero
+            :class:`BloSam` / :class:`~blosam_med.model.encoder_tail.TailBloSam` / :class:`AdapterEnsemble` (an
+            encoder-tail adapter runs its frozen head here, then the trained tail and the decoder), or ``None`` for the untrained starting point of training (zero
             LoRA update, the backbone's own no-mask prompt).
         backbone: backbone name when ``adapter`` is ``None`` (an adapter file names its own).
         checkpoint: backbone checkpoint for SAM / MedSAM backbones (LiteMedSAM's ships with its package).
@@ -50,7 +52,7 @@ class PromptFreeNetwork(nn.Module):
         super().__init__()
         if adapter is None:
             model: PromptFreeModel = BloSam(build_backbone(backbone, checkpoint)).eval()
-        elif isinstance(adapter, BloSam | AdapterEnsemble):
+        elif isinstance(adapter, BloSam | TailBloSam | AdapterEnsemble):
             model = adapter
         else:
             model, _ = load_adapter(adapter, checkpoint=checkpoint)

