@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import pytest
@@ -156,3 +157,143 @@ def test_feature_cache_detects_changed_and_truncated_entries(tiny_vit_backbone, 
     assert torch.equal(got, expected)
     assert cache.encoder_calls == 1  # both entries recomputed, in one batch
     assert "checksum mismatch" in caplog.text and caplog.text.count("unusable cache entry") == 2
+
+
+# --- adapter files, inference and engines: a tail adapter runs the head once per image, then the tail and decoder
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """``model`` with every trained tensor moved a little (as training would), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+STAGE = TailSettings(cut="last_stage", neck="full", stage_lora=True)
+
+
+@pytest.mark.parametrize("settings", [TailSettings(cut="neck"), STAGE], ids=["neck", "stage"])
+def test_tail_adapter_file_round_trips_and_loads_as_a_tail_model(tiny_vit_backbone, encoded, settings, tmp_path):
+    from blosam_med.model import load_adapter, read_adapter, save_adapter
+
+    model = _perturbed(TailBloSam(tiny_vit_backbone, settings), seed=1).eval()
+    path = save_adapter(model, tmp_path / "adapter.pt", extra={"note": "x"})
+    payload = read_adapter(path)
+    assert payload["encoder_tail"] == settings.to_dict() and payload["backbone"] == "tiny_vit"
+    assert payload["embedding_shape"] == [256, 64, 64]  # the backbone's embeddings; the features are the model's
+    loaded, extra = load_adapter(path, tiny_vit_backbone)
+    assert isinstance(loaded, TailBloSam) and loaded.settings == settings and extra == {"note": "x"}
+    assert loaded.backbone_name == f"tiny_vit@{settings.cut}" and loaded.embedding_shape == (320, 64, 64)
+    features = encoded[settings.cut]
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_embeddings(features), model.forward_embeddings(features))
+    plain = save_adapter(BloSam(tiny_vit_backbone), tmp_path / "plain.pt")
+    assert "encoder_tail" not in read_adapter(plain)  # a plain adapter's file is the one it always was
+
+
+def test_untrained_tail_adapter_predicts_the_plain_adapters_masks_bit_for_bit(tiny_vit_backbone, tmp_path):
+    """The Predictor (one encoder pass: the head, flips, box refinement at a low threshold so it runs) and the
+    bundle's PromptFreeNetwork give an untrained tail adapter's logits equal to the plain adapter's."""
+    from blosam_med.inference import Predictor
+    from blosam_med.model import PromptFreeNetwork, load_adapter, save_adapter
+
+    images = _images(1)
+    options = {"flips": [("h",)], "refine": [(1, 0.0)], "thresholds": [0.001]}
+    plain = BloSam(tiny_vit_backbone).eval()
+    expected = Predictor([plain], device="cpu", batch_size=2, **options).logits(images)
+    before = Predictor([plain], device="cpu", batch_size=2, flips=[("h",)], thresholds=[0.001]).logits(images)
+    assert any(not torch.equal(a, b) for a, b in zip(expected, before, strict=True))  # refinement changed them
+    with torch.no_grad():
+        network = PromptFreeNetwork(plain)(images[0][None])
+    for settings in (TailSettings(cut="neck"), STAGE):
+        path = save_adapter(TailBloSam(tiny_vit_backbone, settings), tmp_path / f"{settings.cut}.pt")
+        tail, _ = load_adapter(path, tiny_vit_backbone)
+        predictor = Predictor([tail], device="cpu", batch_size=2, **options)
+        assert predictor.cache.backbone.name == f"tiny_vit@{settings.cut}"  # the head, not the whole encoder
+        got = predictor.logits(images)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), settings
+        with torch.no_grad():
+            assert torch.equal(PromptFreeNetwork(tail)(images[0][None]), network)
+
+
+def test_box_refinement_of_a_trained_tail_decodes_the_frozen_embedding(tiny_vit_backbone, encoded):
+    """Refinement prompts LiteMedSAM's own decoder on the unadapted embedding, whatever the tail learned."""
+    from blosam_med.inference.refine import BoxRefiner
+
+    model = _perturbed(TailBloSam(tiny_vit_backbone, STAGE), seed=2).eval()
+    assert torch.equal(model.frozen_embeddings(encoded["last_stage"]), encoded["embedding"])
+    logits = torch.full((48, 64), -1.0)
+    logits[10:30, 20:40] = 1.0
+    tail = BoxRefiner(model.backbone, 1, 0.0, model.frozen_embeddings).refine(encoded["last_stage"], logits)
+    plain = BoxRefiner(tiny_vit_backbone, 1, 0.0).refine(encoded["embedding"], logits)
+    assert torch.equal(tail[0], plain[0]) and tail[1] == plain[1]
+
+
+def test_tail_adapters_merge_into_an_ensemble_that_averages(tiny_vit_backbone, encoded, tmp_path):
+    from blosam_med.model import (
+        AdapterEnsemble,
+        load_adapter,
+        mean_probability_logit,
+        merge_adapters,
+        save_adapter,
+    )
+
+    folds = [_perturbed(TailBloSam(tiny_vit_backbone, STAGE), seed=s).eval() for s in (3, 4)]
+    paths = [save_adapter(m, tmp_path / f"fold{k}.pt") for k, m in enumerate(folds)]
+    merged, _ = load_adapter(merge_adapters(paths, tmp_path / "adapter.pt"), tiny_vit_backbone)
+    assert isinstance(merged, AdapterEnsemble) and all(isinstance(m, TailBloSam) for m in merged.members)
+    assert merged.backbone.name == "tiny_vit@last_stage"
+    features = encoded["last_stage"]
+    with torch.no_grad():
+        expected = mean_probability_logit([m.forward_embeddings(features) for m in folds])
+        assert torch.equal(merged.forward_embeddings(features), expected)
+    neck = save_adapter(TailBloSam(tiny_vit_backbone, TailSettings(cut="neck")), tmp_path / "neck.pt")
+    plain = save_adapter(BloSam(tiny_vit_backbone), tmp_path / "plain.pt")
+    for other in (neck, plain):
+        with pytest.raises(ValueError, match=f"{other.name}: cannot be averaged with .*fold0.pt.*encoder_tail"):
+            merge_adapters([paths[0], other], tmp_path / "bad.pt")
+
+
+def test_tail_adapter_refuses_an_encoder_that_is_not_tinyvit_and_bad_settings(tiny_vit_backbone, tmp_path):
+    from blosam_med.model import BackboneMismatchError, load_adapter, save_adapter
+
+    path = save_adapter(TailBloSam(tiny_vit_backbone, TailSettings(cut="neck")), tmp_path / "adapter.pt")
+    payload = torch.load(path, weights_only=True)
+    tiny = build_backbone("tiny")  # a plain conv encoder: no last stage, no neck
+    moved = {
+        **payload,
+        "backbone": "tiny",
+        "backbone_fingerprint": tiny.fingerprint,
+        "embedding_shape": list(tiny.embedding_shape),
+        "preprocessing": tiny.preprocessing.to_dict(),
+    }
+    torch.save(moved, tmp_path / "tiny.pt")
+    with pytest.raises(BackboneMismatchError, match=r"tiny.pt: adapter adapts the encoder's tail.*needs a TinyViT"):
+        load_adapter(tmp_path / "tiny.pt", tiny)
+    torch.save({**payload, "encoder_tail": {"cut": "stem"}}, tmp_path / "stem.pt")
+    with pytest.raises(ValueError, match=r"stem.pt: encoder_tail .*unknown encoder cut 'stem'"):
+        load_adapter(tmp_path / "stem.pt", tiny_vit_backbone)
+    torch.save({**payload, "encoder_tail": {"cut": "neck", "depth": 2}}, tmp_path / "key.pt")
+    with pytest.raises(ValueError, match=r"key.pt: encoder_tail must map .*\['depth'\]"):
+        load_adapter(tmp_path / "key.pt", tiny_vit_backbone)
+
+
+def test_openvino_exports_the_head_whose_features_match_eager(tiny_vit_backbone, tmp_path, monkeypatch):
+    """An accelerated engine exports the head only (``<cache>/engines/tiny_vit@last_stage``); its features agree with
+    eager PyTorch within the tolerance of the other engine tests."""
+    from blosam_med.model import encoder_engines
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'blosam_med[openvino]')")
+    monkeypatch.setattr(encoder_engines, "installed_runtimes", lambda: ["openvino"])  # conftest hides it
+    split = split_encoder(tiny_vit_backbone, "last_stage")
+    images = _images(2)
+    eager = FeatureCache(tiny_vit_backbone, split, None, progress=False).embed(images)
+    cache = FeatureCache(tiny_vit_backbone, split, tmp_path, progress=False, engine="openvino")
+    fast = cache.embed(images)
+    assert cache.engine.name == "openvino"  # not the eager fallback
+    torch.testing.assert_close(fast, eager, rtol=1e-4, atol=1e-5)
+    assert [p.parent.parent.name for p in (tmp_path / "engines").glob("*/*/export.json")] == ["tiny_vit@last_stage"]
