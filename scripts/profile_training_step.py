@@ -2,10 +2,16 @@
 embeddings (the default bundle settings: batch 2, LoRA rank 4, decoder heads trained, DiceCE), and the operators
 that dominate, from ``torch.profiler``.
 
-    python scripts/profile_training_step.py [--steps 10] [--batch 2] [--backbone litemedsam]
+    python scripts/profile_training_step.py [--steps 10] [--batch 2] [--backbone litemedsam] [--threads 1]
+    python scripts/profile_training_step.py --compile [--threads 1]   # torch.compile: cold and cached start, steady
 
 Prints the mean seconds per step of each phase and the top operators by self CPU time; the estimate for a default
 training (300 iterations) is steps x mean step time, without validation and caching.
+
+``--compile`` times instead one bi-level iteration as the trainer runs it (a lower step on LoRA and heads with the
+prompt held constant, then the prompt's gradient), eager and through ``torch.compile`` (Inductor): the first compiled
+iteration (the compile; run the script twice to see it from Inductor's and AOTAutograd's on-disk caches,
+``TORCHINDUCTOR_CACHE_DIR``) and the median of the following ones.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,7 +36,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--iterations", type=int, default=300, help="for the estimate of one training")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="eager against torch.compile, per bi-level iteration")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = BloSam(build_backbone(args.backbone)).train()
     opt = torch.optim.AdamW(bilevel_param_groups(net, lr=1e-3, weight_decay=0.1, upper_lr=1e-3))
@@ -37,6 +48,10 @@ def main() -> None:
     x = torch.randn(args.batch, *net.embedding_shape)
     side = 4 * net.embedding_shape[-1]
     y = (torch.rand(args.batch, 1, side, side) > 0.5).float()
+
+    if args.compile:
+        compare_compile(net, opt, loss_fn, x, y, args.steps)
+        return
 
     def step() -> tuple[float, float, float]:
         opt.zero_grad(set_to_none=True)
@@ -64,6 +79,32 @@ def main() -> None:
         for _ in range(3):
             step()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def compare_compile(
+    net: BloSam, opt: torch.optim.Optimizer, loss_fn: DiceCELoss, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> None:
+    """Seconds per bi-level iteration (lower step, then the prompt's gradient), eager and compiled."""
+    upper = net.upper_parameters()
+    for name, forward in (("eager", net.forward_embeddings), ("compiled", torch.compile(net.forward_embeddings))):
+
+        def iteration(forward: Callable = forward) -> float:
+            start = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            for p in upper:
+                p.requires_grad_(False)
+            loss_fn(forward(x), y).backward()
+            for p in upper:
+                p.requires_grad_(True)
+            opt.step()
+            torch.autograd.grad(loss_fn(forward(x), y), upper)
+            return time.perf_counter() - start
+
+        first = iteration()
+        steady = float(np.median([iteration() for _ in range(steps)]))
+        print(
+            f"{name}: first iteration {first:.1f} s, then {steady:.3f} s per iteration ({torch.get_num_threads()} threads)"
+        )
 
 
 if __name__ == "__main__":
