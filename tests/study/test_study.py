@@ -358,6 +358,33 @@ def test_unknown_method_option_is_refused(tmp_path, synthetic_2d):
         load_study(_config(tmp_path, synthetic_2d, methods))
 
 
+def test_a_bundle_method_may_adapt_the_encoder_tail(synthetic_2d, tmp_path):
+    """A method with ``encoder_tail`` trains with the pinned encoder_tail.yaml (what ``blosam train --encoder-tail``
+    merges) and is scored on a cache of its head's features; a bad name or tail key is refused naming the method."""
+    methods = {"tail": {"kind": "bundle", "encoder_tail": "neck", "set": {"views": 0, "tail_neck": "lora"}}}
+    config = _config(tmp_path, synthetic_2d, methods, seeds=[0], dev_size=0)
+    data = yaml.safe_load(config.read_text())
+    data["study"]["train"] = {"iterations": 2, "epoch_length": 2, "backbone": "tiny_vit", "engine": "torch"}
+    config.write_text(yaml.safe_dump(data))
+    assert main(["study", str(config), "--device", "cpu", "--no-tracking", "--engine", "torch"]) == 0
+    cell = tmp_path / "study/cells/lung_xray/k2_s0/tail"
+    result = json.loads((cell / "result.json").read_text())
+    assert result["mean"]["dice"]["n"] > 0 and result["train"]["params"]["encoder_tail"]["neck"] == "lora"
+    pinned = tmp_path / "study/configs" / result["train"]["configs"]["encoder_tail"]
+    assert pinned.name.startswith("encoder_tail-") and pinned.is_file()
+    assert torch.load(cell / "train/adapter.pt", weights_only=True)["encoder_tail"]["cut"] == "neck"
+    assert not (tmp_path / "cache" / "tiny_vit").exists()  # trained and scored on the head's features only
+    for bad, match in (
+        ({"encoder_tail": "stem"}, r"study.methods.tail.encoder_tail 'stem' is not one of: neck, stage"),
+        ({"set": {"tail_nek": "lora"}}, r"study.methods.tail.set: unknown key 'tail_nek'; valid keys: tail_neck"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            load_study(_config(tmp_path, synthetic_2d, {"tail": {**methods["tail"], **bad}}))
+    plain = {"plain": {"kind": "bundle", "set": {"tail_neck": "lora"}}}  # no encoder_tail: no tail keys
+    with pytest.raises(ValueError, match=r"study.methods.plain.set: unknown key 'tail_neck'"):
+        load_study(_config(tmp_path, synthetic_2d, plain))
+
+
 def test_pin_config_names_a_copy_by_its_content(tmp_path):
     src = tmp_path / "train.yaml"
     src.write_text("iterations: 300\n")
