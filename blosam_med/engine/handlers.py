@@ -272,4 +272,6 @@ class KeepBestState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         self.best_state = dict(state["best_state"]) or None
-        self.rounds = [(int(e), float(v)) for e, v in state.get("rounds", [])]  # checkpoints of bundles before 0.11.0 have none
+        self.rounds = [
+            (int(e), float(v)) for e, v in state.get("rounds", [])
+        ]  # checkpoints of bundles before 0.11.0 have none
