@@ -615,3 +615,16 @@ def test_study_pairs_pairs_methods_of_two_studies(synthetic_2d, tmp_path):
     assert float(out.split(": ")[1].split()[0]) == pytest.approx(dice[0] - dice[1], abs=1e-4)
     refused = subprocess.run([*run[:3], "single:unet", "--against", str(second)], capture_output=True, text=True)
     assert refused.returncode == 2 and "single:unet" in refused.stderr
+
+
+def test_cell_cpu_seconds_include_finished_child_processes():
+    import subprocess
+    import sys
+    import time
+
+    from blosam_med.study.runner import cpu_seconds
+
+    before, own = cpu_seconds(), time.process_time()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True)  # like a cross-fit fold's spawned process
+    assert cpu_seconds() - before >= 0.45 and time.process_time() - own < 0.3
