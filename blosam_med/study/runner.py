@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import time
 import traceback
 from collections.abc import Sequence
@@ -322,6 +321,10 @@ def _save_preview(ctx: StudyContext, cell: Cell, folder: Path, masks: list[torch
 def cpu_seconds() -> float:
     """CPU seconds of this process and of its finished child processes (the cross-fit's folds train in spawned
     processes on the CPU, :mod:`blosam_med.engine.parallel`; a cell's CPU includes theirs)."""
+    try:
+        import resource  # POSIX only; elsewhere this process's CPU alone
+    except ImportError:
+        return time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
