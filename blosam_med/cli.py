@@ -140,7 +140,7 @@ def _bundle_defaults(config: str) -> Callable[[str, str], str]:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from blosam_med.variants import ENCODER_TAILS, HYPERGRADIENTS, METHODS, ROLES
+    from blosam_med.variants import ENCODER_TAILS, FROZEN_ENCODER, HYPERGRADIENTS, METHODS, ROLES
     from blosam_med.workflow import CROSS_FIT_FOLDS
 
     d = _bundle_defaults("train.yaml")
@@ -183,11 +183,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--encoder-tail",
-        choices=list(ENCODER_TAILS),
+        choices=[*ENCODER_TAILS, FROZEN_ENCODER],
         default=None,
         help="also train the encoder's last layers on cached head features (LiteMedSAM; docs/encoder_tail.md): "
-        "neck (the neck fine-tuned) or stage (the neck, and LoRA on the last stage); adds the bundle's "
-        "encoder_tail.yaml, whose tail_* keys --set may change (default: the frozen encoder)",
+        "neck (the neck fine-tuned) or stage (the neck, and LoRA on the last stage), adding the bundle's "
+        "encoder_tail.yaml, whose tail_* keys --set may change; none: the frozen encoder (default: the task "
+        "preset's encoder_tail, teeth: neck; the others: none)",
     )
     p.add_argument("--views", type=int, default=given, help=d("augmented views per shot (cached once)", "views"))
     p.add_argument("--batch-size", type=int, default=given, help=d("batch size", "batch_size"))
@@ -220,11 +221,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from blosam_med.config_keys import bundle_ids, suggest
     from blosam_med.data import open_datalist
     from blosam_med.io import check_output_folder
-    from blosam_med.variants import ENCODER_TAILS
     from blosam_med.workflow import (
-        bundle_config,
         bundle_value,
         cross_fit_folds,
+        encoder_tail_training,
         run_cross_fit,
         run_training,
         training_configs,
@@ -243,9 +243,9 @@ def _run_train(args: argparse.Namespace) -> int:
         "output_dir": str(args.out),
         "device": f"$torch.device('{device}')",
         **{bundle_id: getattr(args, name) for name, bundle_id in TRAIN_OPTIONS.items() if hasattr(args, name)},
-        **(ENCODER_TAILS[args.encoder_tail] if args.encoder_tail else {}),
     }
-    extra = [bundle_config("encoder_tail.yaml")] if args.encoder_tail else []
+    extra, tail_override = encoder_tail_training(args.task, args.encoder_tail)
+    override.update(tail_override)
     configs = training_configs(args.task, distributed=args.distributed, extra_configs=extra)
     known = bundle_ids(configs)
     for item in args.set:

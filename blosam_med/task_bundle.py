@@ -109,8 +109,10 @@ def _test_dice(adapter_path: Path) -> float | None:
     return float(json.loads(metrics.read_text())["mean"]["dice"]["mean"])
 
 
-def _readme(task: TaskConfig, meta: dict[str, Any], name: str, card: bool) -> str:
+def _readme(task: TaskConfig, meta: dict[str, Any], name: str, card: bool, tail: str | None) -> str:
+    """The bundle's README; ``tail``: the preset's encoder-tail variant, whose config the training command merges."""
     template = string.Template((BUNDLE_DIR / "docs" / "task_bundle_README.md").read_text())
+    train_files = ["train.yaml", "encoder_tail.yaml", "task.yaml"] if tail else ["train.yaml", "task.yaml"]
     dice = meta["eval_metrics"].get(f"{task.name}_test_dice")
     return template.substitute(
         name=name,
@@ -122,6 +124,15 @@ def _readme(task: TaskConfig, meta: dict[str, Any], name: str, card: bool) -> st
         test_dice="not measured" if dice is None else f"{dice:.3f} (Dice on the task's held-out test split)",
         card="See [MODEL_CARD.md](MODEL_CARD.md) for the training data, shots and figures." if card else "",
         torchscript=TORCHSCRIPT_NOTE,
+        train_configs=",".join(f"'configs/{c}'" for c in train_files),
+        tail_note=(
+            f"\nThis task's preset trains with the encoder tail (`encoder_tail: {tail}` in `configs/task.yaml`, "
+            "docs/encoder_tail.md of blosam_med), hence `configs/encoder_tail.yaml` in the list; without it the run "
+            "stops before writing anything. Add `--encoder_tail None` and leave that file out for the frozen "
+            "encoder.\n"
+            if tail
+            else ""
+        ),
     )
 
 
@@ -169,7 +180,8 @@ def make_task_bundle(
         card = adapter.parent / "MODEL_CARD.md"
         if card.is_file():
             shutil.copyfile(card, tmp / "docs" / "MODEL_CARD.md")
-        (tmp / "docs" / "README.md").write_text(_readme(task, meta, out.name, card.is_file()))
+        tail = yaml.safe_load(preset_text).get("encoder_tail")
+        (tmp / "docs" / "README.md").write_text(_readme(task, meta, out.name, card.is_file(), tail))
         (tmp / "models").mkdir()
         if link:
             target = os.path.relpath(adapter.resolve(), (out / "models").resolve())

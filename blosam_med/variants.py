@@ -18,6 +18,7 @@ __all__ = [
     "ROLES",
     "PROMPT_INITS",
     "ENCODER_TAILS",
+    "FROZEN_ENCODER",
     "REGISTRIES",
     "TrainingVariant",
     "check_name",
@@ -56,6 +57,10 @@ ENCODER_TAILS: Mapping[str, Mapping[str, Any]] = {
     "neck": {"tail_cut": "neck", "tail_neck": "full", "tail_stage_lora": False},
     "stage": {"tail_cut": "last_stage", "tail_neck": "full", "tail_stage_lora": True},
 }
+
+#: The name that asks for the frozen encoder where a task preset's ``encoder_tail`` would adapt its tail
+#: (``blosam train --encoder-tail none``, a study method's ``encoder_tail: none``).
+FROZEN_ENCODER = "none"
 
 #: Registry of each variant option, by the bundle id that selects it.
 REGISTRIES: Mapping[str, Mapping[str, Any]] = {

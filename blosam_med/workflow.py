@@ -25,7 +25,9 @@ __all__ = [
     "bundle_value",
     "cross_fit_folds",
     "bundle_workflow",
+    "encoder_tail_training",
     "finished_run",
+    "preset_encoder_tail",
     "run_cross_fit",
     "run_training",
     "training_configs",
@@ -85,6 +87,48 @@ def training_configs(
     configs += [Path(c) for c in extra_configs]
     configs.append(task_preset_path(task))
     return configs
+
+
+def preset_encoder_tail(task: str | Path) -> str | None:
+    """The encoder-tail variant a task preset (name or YAML file) trains with: its top-level ``encoder_tail``, a name
+    of :data:`~blosam_med.variants.ENCODER_TAILS` (teeth: ``neck``), or None (the frozen encoder).
+
+    Raises:
+        ValueError: the preset names no such variant (the file and the valid names in the message).
+    """
+    import yaml
+
+    from blosam_med.data import task_preset_path
+    from blosam_med.variants import ENCODER_TAILS
+
+    path = task_preset_path(task)
+    name = (yaml.safe_load(path.read_text()) or {}).get("encoder_tail")
+    if name is not None and name not in ENCODER_TAILS:
+        raise ValueError(f"{path}: encoder_tail {name!r} is not one of: {', '.join(ENCODER_TAILS)} (or null)")
+    return name
+
+
+def encoder_tail_training(
+    task: str | Path, requested: str | None = None, *, tail_config: str | Path | None = None
+) -> tuple[list[Path], dict[str, Any]]:
+    """The extra config files and bundle overrides of a training of ``task`` with the encoder-tail variant
+    ``requested``: a name of :data:`~blosam_med.variants.ENCODER_TAILS`, ``"none"`` (the frozen encoder), or None
+    (the task preset's, :func:`preset_encoder_tail`). ``tail_config``: the ``encoder_tail.yaml`` to merge (default
+    the bundle's; a study merges its pinned copy). The overrides always set ``encoder_tail``, which ``train.yaml``
+    checks against the network it builds.
+
+    Raises:
+        ValueError: an unknown variant name.
+    """
+    from blosam_med.variants import ENCODER_TAILS, FROZEN_ENCODER
+
+    name = preset_encoder_tail(task) if requested is None else requested
+    if name == FROZEN_ENCODER or name is None:
+        return [], {"encoder_tail": None}
+    if name not in ENCODER_TAILS:
+        raise ValueError(f"encoder_tail {name!r} is not one of: {', '.join([*ENCODER_TAILS, FROZEN_ENCODER])}")
+    config = Path(tail_config) if tail_config is not None else bundle_config("encoder_tail.yaml")
+    return [config], {"encoder_tail": name, **ENCODER_TAILS[name]}
 
 
 def bundle_value(configs: Sequence[str | Path], key: str, overrides: Mapping[str, Any]) -> Any:

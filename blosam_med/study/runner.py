@@ -35,8 +35,7 @@ from blosam_med.study.baselines import BoxPromptPredictor, UNetBaseline
 from blosam_med.study.config import Cell, StudyConfig
 from blosam_med.study.records import RESULT_FILE, save_record, sync_records
 from blosam_med.study.tracking import StudyTracker
-from blosam_med.variants import ENCODER_TAILS
-from blosam_med.workflow import bundle_config, finished_run, run_cross_fit, run_training
+from blosam_med.workflow import bundle_config, encoder_tail_training, finished_run, run_cross_fit, run_training
 
 __all__ = ["run_study", "study_datalist", "slab_split", "pin_config", "StudyContext", "RESULT_FILE", "PINNED_DIR"]
 
@@ -128,12 +127,12 @@ class StudyContext:
     caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 
     def pin(self) -> None:
-        """Copy ``train.yaml`` (with a method that adapts the encoder's tail, ``encoder_tail.yaml``) and every task's
+        """Copy ``train.yaml``, ``encoder_tail.yaml`` and every task's
         preset into ``<output_dir>/configs`` (:func:`pin_config`) once; the cells train and score with those copies."""
         folder = self.config.output_dir / PINNED_DIR
         if self.train_config is None:
             self.train_config = pin_config(bundle_config("train.yaml"), folder)
-        if self.tail_config is None and any(m.options.get("encoder_tail") for m in self.config.methods):
+        if self.tail_config is None:  # a method's, or a task preset's encoder_tail (teeth) may merge it
             self.tail_config = pin_config(bundle_config("encoder_tail.yaml"), folder)
         for task, entry in self.config.tasks.items():
             if task not in self.preset_files:
@@ -220,18 +219,17 @@ def _train_bundle(ctx: StudyContext, cell: Cell, folder: Path) -> tuple[PromptFr
         "engine": ctx.engine,
         "device": f"$torch.device('{ctx.device}')",
         "overwrite": True,
-        **ENCODER_TAILS.get(cell.method.options.get("encoder_tail") or "", {}),
-        **config.train,
-        **cell.method.options.get("set", {}),
     }
     preset, folds = ctx.preset_files[cell.task], int(cell.method.options["cross_fit"])
+    extra, tail_override = encoder_tail_training(
+        preset, cell.method.options.get("encoder_tail"), tail_config=ctx.tail_config
+    )
+    override.update({**tail_override, **config.train, **cell.method.options.get("set", {})})
     train = ctx.train_config
     assert train is not None  # set by ctx.setup
     configs = {"train": train.name, "preset": preset.name}  # which copies ran: provenance
-    extra: list[Path] = []
-    if cell.method.options.get("encoder_tail"):
-        assert ctx.tail_config is not None  # pinned by ctx.setup for a study with such a method
-        extra, configs["encoder_tail"] = [ctx.tail_config], ctx.tail_config.name
+    if extra:
+        configs["encoder_tail"] = extra[0].name
     write_json(folder / CONFIGS_FILE, configs, overwrite=True)
     if folds > 1:  # finished folds of a cut cell are kept (see _clear_unfinished)
         adapter = run_cross_fit(preset, {**override, "resume": True}, folds, train_config=train, extra_configs=extra)

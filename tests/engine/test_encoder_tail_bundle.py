@@ -67,3 +67,54 @@ def test_tail_training_refuses_an_encoder_that_is_not_tinyvit(synthetic_2d, tmp_
     err = capsys.readouterr().err
     assert "backbone 'tiny': encoder _TinyEncoder cannot be split (only TinyViT encoders" in err, err
     assert not (tmp_path / "run" / "adapter.pt").exists()
+
+
+def _tail_preset(tmp_path, tail: str) -> str:
+    """The lung_xray preset with a top-level ``encoder_tail`` (as the teeth preset has)."""
+    from blosam_med.data import task_preset_path
+
+    preset = tmp_path / "tail_preset.yaml"
+    preset.write_text(task_preset_path("lung_xray").read_text() + f"\nencoder_tail: {tail}\n")
+    return str(preset)
+
+
+def test_a_preset_with_encoder_tail_trains_the_tail_unless_told_none(synthetic_2d, tmp_path):
+    from blosam_med.model import read_adapter
+
+    preset = _tail_preset(tmp_path, "neck")
+    base = ["train", "--backbone", "tiny_vit", "--task", preset, "--device", "cpu", "--engine", "torch", *SHORT]
+    base += ["--cross-fit", "1", "--data", str(synthetic_2d)]
+    assert main([*base, "--out", str(tmp_path / "preset")]) == 0
+    assert read_adapter(tmp_path / "preset" / "adapter.pt")["encoder_tail"]["cut"] == "neck"
+    assert main([*base, "--out", str(tmp_path / "frozen"), "--encoder-tail", "none"]) == 0
+    assert "encoder_tail" not in read_adapter(tmp_path / "frozen" / "adapter.pt")
+    params = json.loads((tmp_path / "frozen" / "metrics.json").read_text())["params"]
+    assert not params["run_name"].endswith("_tail-neck")
+
+
+def test_a_bundle_run_of_a_tail_preset_without_encoder_tail_yaml_stops_before_writing(synthetic_2d, tmp_path):
+    """``python -m monai.bundle run`` with train.yaml and a preset that asks for the tail, but not encoder_tail.yaml."""
+    import pytest
+
+    from blosam_med.workflow import run_training
+
+    out = tmp_path / "run"
+    override = {"dataset_dir": str(synthetic_2d), "output_dir": str(out), "backbone": "tiny_vit", "engine": "torch"}
+    with pytest.raises(RuntimeError, match="check_tail_network") as err:  # MONAI wraps the expression's error
+        run_training(_tail_preset(tmp_path, "neck"), {**override, "device": "$torch.device('cpu')"})
+    cause = str(err.value.__cause__)
+    assert "encoder_tail 'neck' (the task preset's)" in cause and "merge configs/encoder_tail.yaml" in cause, cause
+    assert not out.exists()
+
+
+def test_a_preset_naming_no_tail_variant_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from blosam_med.workflow import encoder_tail_training
+
+    preset = _tail_preset(tmp_path, "stem")
+    with pytest.raises(ValueError, match=r"tail_preset.yaml: encoder_tail 'stem' is not one of: neck, stage"):
+        encoder_tail_training(preset)
+    extra, override = encoder_tail_training(_tail_preset(tmp_path, "stage"))
+    assert [p.name for p in extra] == ["encoder_tail.yaml"] and override["tail_cut"] == "last_stage"
+    assert encoder_tail_training(preset, "none") == ([], {"encoder_tail": None})  # asked for: the preset is not read

@@ -115,3 +115,16 @@ def test_model_card_names_the_views_affine_when_the_run_recorded_it():
     )
     assert script._view_affine({"views": 4}) == ""  # a run before bundle 0.9.2 recorded no affine
     assert script._view_affine({**params, "views": 0}) == ""  # no views, no affine to describe
+
+
+def test_model_card_says_what_training_did_to_the_encoder():
+    script = _shipped_script()
+    assert script._encoder({}) == "encoder frozen"  # a run before the encoder tail (issue 40) recorded none
+    tail = {"cut": "neck", "neck": "full", "stage_lora": False, "lora": {"rank": 8, "alpha": 8.0, "dropout": 0.0}}
+    assert script._encoder({"encoder_tail": tail}) == (
+        "encoder frozen up to the neck; neck fine-tuned, trained with the decoder"
+    )
+    stage = {**tail, "cut": "last_stage", "neck": "lora", "stage_lora": True}
+    assert script._encoder({"encoder_tail": stage}).endswith(
+        "last stage; LoRA on the neck, LoRA {'rank': 8, 'alpha': 8.0, 'dropout': 0.0} on the last stage, trained with the decoder"
+    )

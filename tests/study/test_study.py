@@ -380,9 +380,13 @@ def test_a_bundle_method_may_adapt_the_encoder_tail(synthetic_2d, tmp_path):
     ):
         with pytest.raises(ValueError, match=match):
             load_study(_config(tmp_path, synthetic_2d, {"tail": {**methods["tail"], **bad}}))
-    plain = {"plain": {"kind": "bundle", "set": {"tail_neck": "lora"}}}  # no encoder_tail: no tail keys
+    # no encoder_tail (nor the preset's): no tail keys
+    plain = {"plain": {"kind": "bundle", "set": {"tail_neck": "lora"}}}
     with pytest.raises(ValueError, match=r"study.methods.plain.set: unknown key 'tail_neck'"):
         load_study(_config(tmp_path, synthetic_2d, plain))
+    frozen = {"frozen": {"kind": "bundle", "encoder_tail": "none", "set": {"tail_neck": "lora"}}}
+    with pytest.raises(ValueError, match=r"study.methods.frozen.set: unknown key 'tail_neck'"):
+        load_study(_config(tmp_path, synthetic_2d, frozen))
 
 
 def test_pin_config_names_a_copy_by_its_content(tmp_path):

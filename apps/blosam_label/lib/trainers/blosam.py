@@ -15,7 +15,14 @@ from monailabel.interfaces.tasks.train import TrainTask
 from blosam_med.data import load_pair
 from blosam_med.io import atomic_write, write_json
 from blosam_med.tracking import sqlite_uri
-from blosam_med.workflow import bundle_value, cross_fit_folds, run_cross_fit, run_training, training_configs
+from blosam_med.workflow import (
+    bundle_value,
+    cross_fit_folds,
+    encoder_tail_training,
+    run_cross_fit,
+    run_training,
+    training_configs,
+)
 from lib.models import ModelStore, model_name, resolve_device
 from lib.trainers.progress import TrainProgress, TrainStats
 
@@ -62,7 +69,7 @@ def _typed(key: str, value: Any) -> Any:
 
 class BlosamTrain(TrainTask):
     """Trains one task's adapter on every image with a final label, as ``blosam train`` does: the bundle's
-    ``train.yaml`` with the task preset, the default method (BLO-SAM, 2-fold A/B cross-fit), MLflow tracking in
+    ``train.yaml`` with the task preset (and ``encoder_tail.yaml`` where the preset asks for it), the default method (BLO-SAM, 2-fold A/B cross-fit), MLflow tracking in
     ``<app>/model/mlruns.db``. Every labelled image is a shot (volumes: the preset's number of annotated slices,
     or ``shots``). The finished adapter replaces the task's model at once (the server reloads it at its next
     request). Progress and validation Dice go to ``<app>/model/<task>/train_stats.json`` (:meth:`stats`).
@@ -71,7 +78,9 @@ class BlosamTrain(TrainTask):
     def __init__(self, store: ModelStore, task: str) -> None:
         super().__init__(f"Train the {task} adapter of blosam_med on the datastore's labelled images (2 or more)")
         self.store, self.task = store, task
-        self.configs = training_configs(store.presets[task])
+        # the preset's encoder-tail variant (teeth: the neck trained too), as blosam train runs it
+        self.tail_configs, self.tail_overrides = encoder_tail_training(store.presets[task])
+        self.configs = training_configs(store.presets[task], extra_configs=self.tail_configs)
         preset = store.preset(task)
         self._config: dict[str, Any] = {
             "method": ["blosam", "single"],
@@ -148,7 +157,7 @@ class BlosamTrain(TrainTask):
         pairs = self.labelled(datastore)
         device = resolve_device(options.pop("device", "auto"))
         tracking = options.pop("tracking", True)
-        overrides: dict[str, Any] = {k: v for k, v in options.items() if k != "cross_fit"}
+        overrides: dict[str, Any] = {**self.tail_overrides, **{k: v for k, v in options.items() if k != "cross_fit"}}
         if self.store.preset(self.task).spatial_dims == 2:
             overrides["shots"] = len(pairs)  # every labelled image is a shot
         method = str(bundle_value(self.configs, "method", overrides))
@@ -203,9 +212,11 @@ class BlosamTrain(TrainTask):
         )
         tracker = "mlflow" if tracking else None
         if folds > 1:
-            run_cross_fit(self.store.presets[self.task], overrides, folds, tracking=tracker)
+            run_cross_fit(
+                self.store.presets[self.task], overrides, folds, tracking=tracker, extra_configs=self.tail_configs
+            )
         else:
-            run_training(self.store.presets[self.task], overrides, tracking=tracker)
+            run_training(self.store.presets[self.task], overrides, tracking=tracker, extra_configs=self.tail_configs)
 
         metrics = json.loads((out / "metrics.json").read_text())
         dice = float(metrics["validation"]["val_dice"])
