@@ -23,6 +23,7 @@ import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from pydoc import locate
 from typing import Any
 
 import torch
@@ -388,18 +389,22 @@ class TailBloSam(nn.Module):
 
 
 @torch.no_grad()
-def check_tail_network(encoder_tail: str | None, network: nn.Module) -> None:
+def check_tail_network(encoder_tail: str | None, network_target: str | type) -> None:
     """Refuse a training config that asks for an encoder-tail variant (``encoder_tail``, e.g. the teeth preset's
     ``neck``) but builds the frozen-encoder network, because ``encoder_tail.yaml`` was not merged.
+
+    ``network_target`` is the config's ``network_def#_target_`` (a class or its dotted path), so the check builds
+    nothing: the seeded run draws its random numbers as without it.
 
     Raises:
         ValueError: naming the variant, the config file to add and how to train with the frozen encoder instead.
     """
-    if encoder_tail is not None and not isinstance(network, TailBloSam):
+    cls = locate(network_target) if isinstance(network_target, str) else network_target
+    if encoder_tail is not None and not (isinstance(cls, type) and issubclass(cls, TailBloSam)):
         raise ValueError(
             f"encoder_tail {encoder_tail!r} (the task preset's) adapts the encoder's last layers, but the network is "
-            f"{type(network).__name__}: merge configs/encoder_tail.yaml after configs/train.yaml, before the task "
-            "preset (blosam train does this), or set encoder_tail null for the frozen encoder (--encoder-tail none)"
+            f"{network_target}: merge configs/encoder_tail.yaml after configs/train.yaml, before the task preset "
+            "(blosam train does this), or set encoder_tail null for the frozen encoder (--encoder-tail none)"
         )
 
 
