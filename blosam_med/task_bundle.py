@@ -20,6 +20,7 @@ import yaml
 
 from blosam_med.data import TaskConfig, load_task, task_preset_path
 from blosam_med.model import read_adapter
+from blosam_med.model.encoder_tail import TailSettings
 from blosam_med.workflow import BUNDLE_DIR
 
 __all__ = ["TEMPLATE_FILES", "TORCHSCRIPT_NOTE", "make_task_bundle", "task_metadata"]
@@ -109,8 +110,11 @@ def _test_dice(adapter_path: Path) -> float | None:
     return float(json.loads(metrics.read_text())["mean"]["dice"]["mean"])
 
 
-def _readme(task: TaskConfig, meta: dict[str, Any], name: str, card: bool, tail: str | None) -> str:
-    """The bundle's README; ``tail``: the preset's encoder-tail variant, whose config the training command merges."""
+def _readme(
+    task: TaskConfig, meta: dict[str, Any], name: str, card: bool, tail: str | None, trained: dict | None
+) -> str:
+    """The bundle's README; ``tail``: the preset's encoder-tail variant, whose config the training command merges;
+    ``trained``: the adapter's ``encoder_tail`` (what its training did to the encoder)."""
     template = string.Template((BUNDLE_DIR / "docs" / "task_bundle_README.md").read_text())
     train_files = ["train.yaml", "encoder_tail.yaml", "task.yaml"] if tail else ["train.yaml", "task.yaml"]
     dice = meta["eval_metrics"].get(f"{task.name}_test_dice")
@@ -124,6 +128,7 @@ def _readme(task: TaskConfig, meta: dict[str, Any], name: str, card: bool, tail:
         test_dice="not measured" if dice is None else f"{dice:.3f} (Dice on the task's held-out test split)",
         card="See [MODEL_CARD.md](MODEL_CARD.md) for the training data, shots and figures." if card else "",
         torchscript=TORCHSCRIPT_NOTE,
+        encoder=TailSettings.from_dict(trained).describe() if trained else "frozen",
         train_configs=",".join(f"'configs/{c}'" for c in train_files),
         tail_note=(
             f"\nThis task's preset trains with the encoder tail (`encoder_tail: {tail}` in `configs/task.yaml`, "
@@ -181,7 +186,9 @@ def make_task_bundle(
         if card.is_file():
             shutil.copyfile(card, tmp / "docs" / "MODEL_CARD.md")
         tail = yaml.safe_load(preset_text).get("encoder_tail")
-        (tmp / "docs" / "README.md").write_text(_readme(task, meta, out.name, card.is_file(), tail))
+        (tmp / "docs" / "README.md").write_text(
+            _readme(task, meta, out.name, card.is_file(), tail, payload.get("encoder_tail"))
+        )
         (tmp / "models").mkdir()
         if link:
             target = os.path.relpath(adapter.resolve(), (out / "models").resolve())

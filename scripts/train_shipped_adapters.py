@@ -27,6 +27,7 @@ from blosam_med.cli import main as blosam
 from blosam_med.data import INFERENCE_KEYS, build_datalist, load_samples, load_task, open_datalist, write_datalist
 from blosam_med.io import atomic_write
 from blosam_med.model.checkpoint import read_adapter, safe_load
+from blosam_med.model.encoder_tail import TailSettings
 from blosam_med.model.shipped import SHIPPED_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,11 +121,7 @@ def _view_affine(params: dict) -> str:
 def _encoder(params: dict) -> str:
     """What training did to the image encoder (``encoder_tail`` as the run recorded it, docs/encoder_tail.md)."""
     tail = params.get("encoder_tail")
-    if not tail:
-        return "encoder frozen"
-    neck = {"full": "neck fine-tuned", "lora": "LoRA on the neck", "frozen": "neck frozen"}[tail["neck"]]
-    stage = f", LoRA {tail['lora']} on the last stage" if tail.get("stage_lora") else ""
-    return f"encoder frozen up to the {tail['cut'].replace('_', ' ')}; {neck}{stage}, trained with the decoder"
+    return f"encoder {TailSettings.from_dict(tail).describe()}, trained with the decoder" if tail else "encoder frozen"
 
 
 def _stat(mean: dict, key: str, digits: int) -> str:

@@ -8,7 +8,15 @@ import yaml
 from blosam_med.cli import build_parser
 from blosam_med.engine.hypergradient import HYPERGRADIENTS as FUNCTIONS
 from blosam_med.study import load_study
-from blosam_med.variants import ENCODER_TAILS, HYPERGRADIENTS, METHODS, ROLES, TrainingVariant, check_name
+from blosam_med.variants import (
+    ENCODER_TAILS,
+    FROZEN_ENCODER,
+    HYPERGRADIENTS,
+    METHODS,
+    ROLES,
+    TrainingVariant,
+    check_name,
+)
 
 
 def test_every_registered_hypergradient_has_a_function():
@@ -46,7 +54,7 @@ def test_cli_choices_come_from_the_registry(capsys):
         "hypergradient": list(HYPERGRADIENTS),
         "roles": list(ROLES),
         "engine": list(ENGINES),
-        "encoder_tail": list(ENCODER_TAILS),
+        "encoder_tail": [*ENCODER_TAILS, FROZEN_ENCODER],
     }
 
 

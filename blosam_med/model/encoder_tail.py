@@ -229,6 +229,13 @@ class TailSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """What training does to the encoder, in words (model cards, bundle READMEs): ``"frozen up to the neck (the
+        neck fine-tuned)"``."""
+        neck = {"full": "the neck fine-tuned", "lora": "LoRA on the neck", "frozen": "the neck frozen"}[self.neck]
+        stage = f", rank-{self.lora.rank} LoRA on the last stage" if self.stage_lora else ""
+        return f"frozen up to the {self.cut.replace('_', ' ')} ({neck}{stage})"
+
     @classmethod
     def from_dict(cls, d: dict, source: str = "encoder tail settings") -> TailSettings:
         """The inverse of :meth:`to_dict` (an adapter file's ``encoder_tail``).

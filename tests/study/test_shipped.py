@@ -122,9 +122,9 @@ def test_model_card_says_what_training_did_to_the_encoder():
     assert script._encoder({}) == "encoder frozen"  # a run before the encoder tail (issue 40) recorded none
     tail = {"cut": "neck", "neck": "full", "stage_lora": False, "lora": {"rank": 8, "alpha": 8.0, "dropout": 0.0}}
     assert script._encoder({"encoder_tail": tail}) == (
-        "encoder frozen up to the neck; neck fine-tuned, trained with the decoder"
+        "encoder frozen up to the neck (the neck fine-tuned), trained with the decoder"
     )
     stage = {**tail, "cut": "last_stage", "neck": "lora", "stage_lora": True}
-    assert script._encoder({"encoder_tail": stage}).endswith(
-        "last stage; LoRA on the neck, LoRA {'rank': 8, 'alpha': 8.0, 'dropout': 0.0} on the last stage, trained with the decoder"
+    assert script._encoder({"encoder_tail": stage}) == (
+        "encoder frozen up to the last stage (LoRA on the neck, rank-8 LoRA on the last stage), trained with the decoder"
     )
