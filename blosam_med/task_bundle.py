@@ -133,8 +133,8 @@ def _readme(
         tail_note=(
             f"\nThis task's preset trains with the encoder tail (`encoder_tail: {tail}` in `configs/task.yaml`, "
             "docs/encoder_tail.md of blosam_med), hence `configs/encoder_tail.yaml` in the list; without it the run "
-            "stops before writing anything. Add `--encoder_tail None` and leave that file out for the frozen "
-            "encoder.\n"
+            "stops before writing anything. For the frozen encoder, leave that file out and add `--encoder_tail '$None'` "
+            "(an expression: `python -m monai.bundle run` ignores a plain None).\n"
             if tail
             else ""
         ),

@@ -411,7 +411,8 @@ def check_tail_network(encoder_tail: str | None, network_target: str | type) -> 
         raise ValueError(
             f"encoder_tail {encoder_tail!r} (the task preset's) adapts the encoder's last layers, but the network is "
             f"{network_target}: merge configs/encoder_tail.yaml after configs/train.yaml, before the task preset "
-            "(blosam train does this), or set encoder_tail null for the frozen encoder (--encoder-tail none)"
+            "(blosam train does this), or set encoder_tail to null for the frozen encoder (blosam train --encoder-tail "
+            "none; python -m monai.bundle run ... --encoder_tail '$None')"
         )
 
 
