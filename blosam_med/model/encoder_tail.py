@@ -395,7 +395,6 @@ class TailBloSam(nn.Module):
         }
 
 
-@torch.no_grad()
 def check_tail_network(encoder_tail: str | None, network_target: str | type) -> None:
     """Refuse a training config that asks for an encoder-tail variant (``encoder_tail``, e.g. the teeth preset's
     ``neck``) but builds the frozen-encoder network, because ``encoder_tail.yaml`` was not merged.
@@ -416,6 +415,7 @@ def check_tail_network(encoder_tail: str | None, network_target: str | type) -> 
         )
 
 
+@torch.no_grad()
 def neck_features(split: EncoderSplit, features: torch.Tensor) -> torch.Tensor:
     """Features at the ``neck`` cut from features at the ``last_stage`` cut: ``split``'s last stage, untrained.
 

@@ -62,7 +62,10 @@ def test_untrained_split_reproduces_the_encoder_exactly(tiny_vit_backbone, encod
 
 def test_neck_features_from_last_stage_features_equal_the_neck_head(tiny_vit_backbone, encoded):
     last = split_encoder(tiny_vit_backbone, "last_stage")
-    assert torch.equal(neck_features(last, encoded["last_stage"]), encoded["neck"])
+    features = neck_features(last, encoded["last_stage"])
+    assert torch.equal(features, encoded["neck"])
+    last.tail.requires_grad_(True)  # as TailBloSam trains it: the frozen neck features still keep no graph
+    assert not neck_features(last, encoded["last_stage"]).requires_grad
     with pytest.raises(ValueError, match="last_stage"):
         neck_features(split_encoder(tiny_vit_backbone, "neck"), encoded["neck"])
 
