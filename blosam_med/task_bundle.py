@@ -21,7 +21,7 @@ import yaml
 from blosam_med.data import TaskConfig, load_task, task_preset_path
 from blosam_med.model import read_adapter
 from blosam_med.model.encoder_tail import TailSettings
-from blosam_med.workflow import BUNDLE_DIR
+from blosam_med.workflow import BUNDLE_DIR, preset_encoder_tail
 
 __all__ = ["TEMPLATE_FILES", "TORCHSCRIPT_NOTE", "make_task_bundle", "task_metadata"]
 
@@ -172,6 +172,7 @@ def make_task_bundle(
         raise FileExistsError(f"{out}: bundle folder exists; pass overwrite=True (--overwrite) to replace it")
     payload = read_adapter(adapter)
     task, preset_text = _preset(preset, payload, adapter)
+    tail = preset_encoder_tail(preset) if preset is not None else None  # a stored preset keeps task: only
     meta = task_metadata(task, adapter, _test_dice(adapter))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -185,7 +186,6 @@ def make_task_bundle(
         card = adapter.parent / "MODEL_CARD.md"
         if card.is_file():
             shutil.copyfile(card, tmp / "docs" / "MODEL_CARD.md")
-        tail = yaml.safe_load(preset_text).get("encoder_tail")
         (tmp / "docs" / "README.md").write_text(
             _readme(task, meta, out.name, card.is_file(), tail, payload.get("encoder_tail"))
         )
