@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,7 +259,8 @@ def run_cross_fit(
     """A/B cross-fitting: ``folds`` bi-level runs of the same shots, run ``k`` with the A/B split turned by ``k``
     (``ab_fold``, so every shot is in B once at ``fraction_a = 1 - 1/folds``), each in ``<output_dir>/fold<k>``;
     then their ensemble (mean probability) in ``<output_dir>/adapter.pt`` and ``<output_dir>/metrics.json``, whose
-    ``validation`` is the mean of the folds' out-of-fold Dice on B. Single-level runs have no split to turn: their
+    ``validation`` is the mean of the folds' out-of-fold Dice on B (each fold's kept round), ``iterations`` and
+    ``train_seconds`` the folds' sums and ``wall_seconds`` the time this call spent training them. Single-level runs have no split to turn: their
     folds differ by training seed (:func:`blosam_med.engine.training_seed`), a seed ensemble of the same size.
 
     ``overrides`` are :func:`run_training`'s and must include ``output_dir``. With
@@ -309,7 +311,9 @@ def run_cross_fit(
                 "extra_configs": list(extra_configs),
             }
             jobs.append(((task, {**fold_overrides, "resume": started}), kwargs))
+    started = time.perf_counter()
     _run_folds(configs, jobs, distributed=distributed, tracking=tracking, workers=workers)
+    wall = round(time.perf_counter() - started, 2)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
         return out / "adapter.pt"
     for k in range(folds):
@@ -325,8 +329,9 @@ def run_cross_fit(
     run_name = names[0].removesuffix("_fold0")
     metrics = {
         "cross_fit": folds,
-        "iterations": sum(r["iterations"] for r in records),
-        "train_seconds": round(sum(r["train_seconds"] for r in records), 2),
+        "iterations": sum(r["iterations"] for r in records),  # the folds' together
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 2),  # the folds' together
+        "wall_seconds": wall,  # this call's, folds side by side (0 when --resume found them all trained)
         "validation": validation,
         "draw": first["draw"],
         "params": {**first["params"], "run_name": run_name, "ab_fold": None, "cross_fit": folds},

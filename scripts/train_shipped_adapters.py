@@ -228,6 +228,12 @@ def main() -> int:
     p.add_argument("--shots", type=int, default=0, help="0: every training image (or labelled slice)")
     p.add_argument("--iterations", type=int, default=None, help="default: the task preset's (else the bundle's)")
     p.add_argument("--method", choices=("blosam", "single"), default=None, help="default: the bundle's default")
+    p.add_argument(
+        "--encoder-tail",
+        choices=("neck", "stage", "none"),
+        default=None,
+        help="the encoder's last layers trained too, or 'none' (frozen); default: the task preset's",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/shipped")
     p.add_argument("--cache-dir", default=None)
@@ -284,6 +290,7 @@ def main() -> int:
                     "--seed",
                     str(args.seed),
                     *(["--method", args.method] if args.method else []),
+                    *(["--encoder-tail", args.encoder_tail] if args.encoder_tail else []),
                     *cache,
                 ]
             )

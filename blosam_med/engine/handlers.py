@@ -199,6 +199,8 @@ class RunRecorder:
         selected = self.selection.summary() if self.selection is not None else None
         if selected is not None:
             metrics["selected"] = selected
+            if selected.get("metrics"):  # the adapter holds the kept round's tensors: report that round's metrics
+                metrics["validation_last"], metrics["validation"] = metrics["validation"], selected["metrics"]
         adapter = save_adapter(
             self.network,
             out / "adapter.pt",
@@ -232,6 +234,7 @@ class KeepBestState:
         self.best_metric = -float("inf")
         self.best_epoch = 0
         self.best_state: dict[str, Any] | None = None
+        self.best_metrics: dict[str, float] = {}  # every validation metric of the kept round
         self.rounds: list[tuple[int, float]] = []  # (trainer epoch, key metric) of every validation round
         self._trainer: Engine | None = None
 
@@ -249,6 +252,7 @@ class KeepBestState:
         self.rounds.append((epoch, value))
         if value >= self.best_metric:
             self.best_metric, self.best_state, self.best_epoch = value, self.network.trainable_state_dict(), epoch
+            self.best_metrics = {k: float(v) for k, v in validator.state.metrics.items()}
 
     def restore(self, engine: Engine) -> None:
         if self.best_state is not None:
@@ -256,22 +260,30 @@ class KeepBestState:
             logger.info("kept the trained tensors of epoch %d (validation %.4f)", self.best_epoch, self.best_metric)
 
     def summary(self) -> dict[str, Any] | None:
-        """The kept round and every round's key metric, for ``metrics.json``; ``None`` when nothing was selected."""
+        """The kept round, its validation metrics and every round's key metric, for ``metrics.json``; ``None`` when
+        nothing was selected."""
         if not self.enabled or self.best_state is None:
             return None
-        return {"epoch": self.best_epoch, "value": self.best_metric, "rounds": [list(r) for r in self.rounds]}
+        return {
+            "epoch": self.best_epoch,
+            "value": self.best_metric,
+            "metrics": dict(self.best_metrics),
+            "rounds": [list(r) for r in self.rounds],
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "best_state": self.best_state or {},
+            "best_metrics": dict(self.best_metrics),
             "rounds": [list(r) for r in self.rounds],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         self.best_state = dict(state["best_state"]) or None
+        self.best_metrics = {k: float(v) for k, v in state.get("best_metrics", {}).items()}  # none before 0.14.0
         self.rounds = [
             (int(e), float(v)) for e, v in state.get("rounds", [])
         ]  # checkpoints of bundles before 0.11.0 have none

@@ -134,6 +134,11 @@ def test_default_cross_fits_two_folds_into_one_averaged_adapter(synthetic_2d, tm
     assert metrics["validation"] and len(metrics["folds"]) == 2
     for name, value in metrics["validation"].items():  # the out-of-fold validation Dice, averaged
         assert value == pytest.approx(sum(f["validation"][name] for f in metrics["folds"]) / 2)
+    for fold in metrics["folds"]:  # of the round each fold's adapter holds
+        assert fold["validation"]["val_dice"] == fold["selected"]["value"]
+    assert metrics["wall_seconds"] > 0 and metrics["train_seconds"] == pytest.approx(
+        sum(f["train_seconds"] for f in metrics["folds"]), abs=0.02
+    )
     # the one file is what evaluate takes
     result = tmp_path / "test.json"
     args = ["evaluate", "--adapter", str(out / "adapter.pt"), "--data", str(synthetic_2d), "--out", str(result)]

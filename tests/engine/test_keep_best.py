@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from ignite.engine import Engine, Events
 
-from blosam_med.engine import KeepBestState
+from blosam_med.engine import KeepBestState, RunRecorder
 from blosam_med.model import BloSam
 
 
@@ -70,8 +72,25 @@ def test_state_round_trip_resumes_the_selection(tiny_backbone):
 
 def test_summary_names_the_kept_round_and_every_round(tiny_backbone):
     _, _, keeper = _train(tiny_backbone, [0.2, 0.7, 0.4])
-    assert keeper.summary() == {"epoch": 2, "value": 0.7, "rounds": [[1, 0.2], [2, 0.7], [3, 0.4]]}
+    assert keeper.summary() == {
+        "epoch": 2,
+        "value": 0.7,
+        "metrics": {"val_dice": 0.7},
+        "rounds": [[1, 0.2], [2, 0.7], [3, 0.4]],
+    }
     restored = KeepBestState(keeper.network, keeper.validator)
     restored.load_state_dict(keeper.state_dict())
     assert restored.summary() == keeper.summary()
     assert _train(tiny_backbone, [0.9], enabled=False)[2].summary() is None
+
+
+def test_recorder_reports_the_kept_rounds_validation(tiny_backbone, tmp_path):
+    """metrics.json's ``validation`` describes the adapter it sits beside: the kept round's, not the last round's."""
+    model, _, keeper = _train(tiny_backbone, [0.2, 0.7, 0.4])
+    recorder = RunRecorder(model, tmp_path, draw={}, validator=keeper.validator, selection=keeper)
+    trainer = Engine(lambda e, b: None)
+    recorder.attach(trainer)
+    trainer.run([0], max_epochs=1)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["validation"] == {"val_dice": 0.7} and metrics["validation_last"] == {"val_dice": 0.4}
+    assert metrics["selected"]["epoch"] == 2
