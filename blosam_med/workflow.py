@@ -311,9 +311,9 @@ def run_cross_fit(
                 "extra_configs": list(extra_configs),
             }
             jobs.append(((task, {**fold_overrides, "resume": started}), kwargs))
-    started = time.perf_counter()
+    clock = time.perf_counter()
     _run_folds(configs, jobs, distributed=distributed, tracking=tracking, workers=workers)
-    wall = round(time.perf_counter() - started, 2)
+    wall = round(time.perf_counter() - clock, 2)
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun: the folds' files and their ensemble are rank 0's
         return out / "adapter.pt"
     for k in range(folds):
