@@ -136,7 +136,13 @@ def _readme(
             "stops before writing anything. For the frozen encoder, leave that file out and add `--encoder_tail '$None'` "
             "(an expression: `python -m monai.bundle run` ignores a plain None).\n"
             if tail
-            else ""
+            else (
+                f"\nThe shipped `models/model.pt` has its encoder {TailSettings.from_dict(trained).describe()}; this "
+                "task's preset trains with the encoder frozen. To train like the shipped model, add "
+                "`'configs/encoder_tail.yaml'` after `'configs/train.yaml'` (docs/encoder_tail.md of blosam_med).\n"
+                if trained
+                else ""
+            )
         ),
     )
 

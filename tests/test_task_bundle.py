@@ -87,3 +87,16 @@ def test_a_preset_without_a_task_section_is_named(tmp_path, capsys):
     assert main(args) == 2
     assert "bad.yaml: a task preset needs a top-level 'task:' mapping" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_readme_says_when_the_shipped_model_adapted_an_encoder_the_preset_keeps_frozen():
+    from blosam_med.data import load_task
+    from blosam_med.task_bundle import _readme
+
+    task, meta = load_task("polyp"), {"version": "0.0.0", "eval_metrics": {}}
+    neck = {"cut": "neck", "neck": "full", "stage_lora": False, "lora": {"rank": 8, "alpha": 8.0, "dropout": 0.0}}
+    mismatch = _readme(task, meta, "blosam_polyp", False, None, neck)
+    assert "`models/model.pt` has its encoder frozen up to the neck (the neck fine-tuned)" in mismatch
+    assert "add `'configs/encoder_tail.yaml'` after `'configs/train.yaml'`" in mismatch
+    assert "has its encoder" not in _readme(task, meta, "blosam_polyp", False, None, None)  # frozen both ways
+    assert "has its encoder" not in _readme(task, meta, "blosam_teeth", False, "neck", neck)  # the preset trains it too
