@@ -21,6 +21,7 @@ import yaml
 from blosam_med.data import TaskConfig, load_task, task_preset_path
 from blosam_med.model import read_adapter
 from blosam_med.model.encoder_tail import TailSettings
+from blosam_med.variants import ENCODER_TAILS
 from blosam_med.workflow import BUNDLE_DIR, preset_encoder_tail
 
 __all__ = ["TEMPLATE_FILES", "TORCHSCRIPT_NOTE", "make_task_bundle", "task_metadata"]
@@ -110,6 +111,37 @@ def _test_dice(adapter_path: Path) -> float | None:
     return float(json.loads(metrics.read_text())["mean"]["dice"]["mean"])
 
 
+def _tail_note(tail: str | None, trained: dict | None) -> str:
+    """What the README adds under the training command: the preset's encoder-tail variant, and how to train like the
+    shipped model when its encoder was adapted otherwise (``trained``: the adapter's ``encoder_tail``)."""
+    note = ""
+    if tail:
+        note = (
+            f"\nThis task's preset trains with the encoder tail (`encoder_tail: {tail}` in `configs/task.yaml`, "
+            "docs/encoder_tail.md of blosam_med), hence `configs/encoder_tail.yaml` in the list; without it the run "
+            "stops before writing anything. For the frozen encoder, leave that file out and add `--encoder_tail '$None'` "
+            "(an expression: `python -m monai.bundle run` ignores a plain None).\n"
+        )
+    if not trained:
+        return note
+    # what the training command trains: the preset's variant, or encoder_tail.yaml's defaults (the neck) once merged
+    base = {k.removeprefix("tail_"): v for k, v in ENCODER_TAILS[tail or "neck"].items()}
+    shipped = {k: trained.get(k) for k in base}
+    if tail and shipped == base:
+        return note
+    overrides = [f"`--tail_{k} {str(v).lower()}`" for k, v in shipped.items() if base[k] != v]
+    if tail:
+        how = f"this task's preset trains `{tail}`. To train like the shipped model, add {' '.join(overrides)}"
+    else:
+        how = "this task's preset trains with the encoder frozen. To train like the shipped model, add "
+        how += "`'configs/encoder_tail.yaml'` after `'configs/train.yaml'`" + "".join(f" and {o}" for o in overrides)
+    described = TailSettings.from_dict(trained).describe()
+    return (
+        note
+        + f"\nThe shipped `models/model.pt` has its encoder {described}; {how} (docs/encoder_tail.md of blosam_med).\n"
+    )
+
+
 def _readme(
     task: TaskConfig, meta: dict[str, Any], name: str, card: bool, tail: str | None, trained: dict | None
 ) -> str:
@@ -130,20 +162,7 @@ def _readme(
         torchscript=TORCHSCRIPT_NOTE,
         encoder=TailSettings.from_dict(trained).describe() if trained else "frozen",
         train_configs=",".join(f"'configs/{c}'" for c in train_files),
-        tail_note=(
-            f"\nThis task's preset trains with the encoder tail (`encoder_tail: {tail}` in `configs/task.yaml`, "
-            "docs/encoder_tail.md of blosam_med), hence `configs/encoder_tail.yaml` in the list; without it the run "
-            "stops before writing anything. For the frozen encoder, leave that file out and add `--encoder_tail '$None'` "
-            "(an expression: `python -m monai.bundle run` ignores a plain None).\n"
-            if tail
-            else (
-                f"\nThe shipped `models/model.pt` has its encoder {TailSettings.from_dict(trained).describe()}; this "
-                "task's preset trains with the encoder frozen. To train like the shipped model, add "
-                "`'configs/encoder_tail.yaml'` after `'configs/train.yaml'` (docs/encoder_tail.md of blosam_med).\n"
-                if trained
-                else ""
-            )
-        ),
+        tail_note=_tail_note(tail, trained),
     )
 
 

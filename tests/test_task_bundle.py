@@ -100,3 +100,8 @@ def test_readme_says_when_the_shipped_model_adapted_an_encoder_the_preset_keeps_
     assert "add `'configs/encoder_tail.yaml'` after `'configs/train.yaml'`" in mismatch
     assert "has its encoder" not in _readme(task, meta, "blosam_polyp", False, None, None)  # frozen both ways
     assert "has its encoder" not in _readme(task, meta, "blosam_teeth", False, "neck", neck)  # the preset trains it too
+    stage = {**neck, "cut": "last_stage", "stage_lora": True}
+    other = _readme(task, meta, "blosam_teeth", False, "neck", stage)  # shipped with more than the preset trains
+    assert "has its encoder frozen up to the last stage" in other and "preset trains `neck`" in other
+    assert "add `--tail_cut last_stage` `--tail_stage_lora true`" in other
+    assert "`--tail_cut last_stage` and `--tail_stage_lora true`" in _readme(task, meta, "b", False, None, stage)
