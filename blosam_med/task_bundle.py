@@ -129,7 +129,7 @@ def _tail_note(tail: str | None, trained: dict | None) -> str:
     shipped = {k: trained.get(k) for k in base}
     if tail and shipped == base:
         return note
-    overrides = [f"`--tail_{k} {str(v).lower()}`" for k, v in shipped.items() if base[k] != v]
+    overrides = [f"`--tail_{k} {v}`" for k, v in shipped.items() if base[k] != v]  # True: what fire parses as bool
     if tail:
         how = f"this task's preset trains `{tail}`. To train like the shipped model, add {' '.join(overrides)}"
     else:

@@ -331,7 +331,7 @@ def run_cross_fit(
         "cross_fit": folds,
         "iterations": sum(r["iterations"] for r in records),  # the folds' together
         "train_seconds": round(sum(r["train_seconds"] for r in records), 2),  # the folds' together
-        "wall_seconds": wall,  # this call's, folds side by side (0 when --resume found them all trained)
+        "wall_seconds": wall,  # this call's, folds side by side (about 0 when --resume found them all trained)
         "validation": validation,
         "draw": first["draw"],
         "params": {**first["params"], "run_name": run_name, "ab_fold": None, "cross_fit": folds},

@@ -103,5 +103,5 @@ def test_readme_says_when_the_shipped_model_adapted_an_encoder_the_preset_keeps_
     stage = {**neck, "cut": "last_stage", "stage_lora": True}
     other = _readme(task, meta, "blosam_teeth", False, "neck", stage)  # shipped with more than the preset trains
     assert "has its encoder frozen up to the last stage" in other and "preset trains `neck`" in other
-    assert "add `--tail_cut last_stage` `--tail_stage_lora true`" in other
-    assert "`--tail_cut last_stage` and `--tail_stage_lora true`" in _readme(task, meta, "b", False, None, stage)
+    assert "add `--tail_cut last_stage` `--tail_stage_lora True`" in other
+    assert "`--tail_cut last_stage` and `--tail_stage_lora True`" in _readme(task, meta, "b", False, None, stage)

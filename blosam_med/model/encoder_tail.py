@@ -223,6 +223,11 @@ class TailSettings:
             raise ValueError(f"unknown encoder cut '{self.cut}'; choose one of: {', '.join(CUTS)}")
         if self.neck not in NECK_MODES:
             raise ValueError(f"unknown neck mode '{self.neck}'; choose one of: {', '.join(NECK_MODES)}")
+        if not isinstance(self.stage_lora, bool):  # a bundle run's `--tail_stage_lora true` is the string 'true'
+            raise ValueError(
+                f"stage_lora must be True or False, got {self.stage_lora!r} (python -m monai.bundle run takes "
+                "--tail_stage_lora True)"
+            )
         if self.stage_lora and self.cut != "last_stage":
             raise ValueError("stage_lora=True adapts the last stage: it needs cut='last_stage'")
 

@@ -79,6 +79,8 @@ def test_split_refuses_unknown_cuts_and_other_encoders(tiny_vit_backbone):
         TailSettings(cut="neck", stage_lora=True)
     with pytest.raises(ValueError, match="unknown neck mode"):
         TailSettings(neck="half")
+    with pytest.raises(ValueError, match="stage_lora must be True or False, got 'false'"):
+        TailSettings(cut="last_stage", stage_lora="false")  # a bundle run's string would otherwise count as True
 
 
 @pytest.mark.parametrize(
