@@ -56,7 +56,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
-def infer_ct(volume: Path, engine: str, out: Path, export_dir: str, env: dict[str, str] | None = None) -> dict:
+def infer_ct(
+    volume: Path,
+    engine: str,
+    out: Path,
+    export_dir: str,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> dict:
     """One ``blosam infer`` process: its case record, wall seconds and peak resident MiB.
 
     The run's embedding cache is a new folder whose ``engines`` links to ``export_dir/engines``: the exports are
@@ -64,7 +71,7 @@ def infer_ct(volume: Path, engine: str, out: Path, export_dir: str, env: dict[st
     """
     cache = cold_cache(out.parent / f"{out.name}_cache", export_dir)
     command = [sys.executable, "-m", "blosam_med", "infer", "--task", "lung_ct", "--input", str(volume)]
-    command += ["--out", str(out), "--engine", engine, "--device", "cpu", "--cache-dir", str(cache)]
+    command += ["--out", str(out), "--engine", engine, "--device", "cpu", "--cache-dir", str(cache), *extra]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
@@ -256,11 +263,17 @@ def first_slices(volume: Path, slices: int | None, work: Path) -> Path:
 
 
 def speed_targets(
-    data: Path, export_dir: str, work: Path, skip_train: bool, iterations: int = 300, slices: int | None = None
+    data: Path,
+    export_dir: str,
+    work: Path,
+    skip_train: bool,
+    iterations: int = 300,
+    slices: int | None = None,
+    int8: str | None = None,
 ) -> None:
     """Issue 38's figures in one run: the eager encoder's s/image, the default 4-shot training from a cold cache in
     encoder-times, and the CT's slices/s in eager encoder rates, for each variant (interleaved with the encoder
-    timing at the start and the end)."""
+    timing at the start and the end); ``int8``: also the CT with this ``blosam quantize`` folder (opt-in)."""
     first = eager_encoder_seconds()
     print(f"eager float32 encoder (start): {first:.3f} s/image, load average {os.getloadavg()[0]:.2f}", flush=True)
     trained: dict[str, tuple[float, float, Path]] = {}
@@ -275,8 +288,11 @@ def speed_targets(
             )
     volume = first_slices(data / CT, slices, work)
     ct: dict[str, dict] = {}
-    for name, (engine, env) in CT_VARIANTS.items():
-        ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env)
+    variants = {name: (engine, env, ()) for name, (engine, env) in CT_VARIANTS.items()}
+    if int8:
+        variants["openvino int8 (opt-in --int8-encoder), default path"] = ("openvino", {}, ("--int8-encoder", int8))
+    for name, (engine, env, extra) in variants.items():
+        ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env, extra)
         print(f"CT {name}: case {ct[name]['record']['seconds']:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
     last = eager_encoder_seconds()
     encoder = (first + last) / 2
@@ -326,6 +342,11 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="with --targets: the CT only")
     parser.add_argument("--iterations", type=int, default=300, help="with --targets: training iterations (default)")
     parser.add_argument("--slices", type=int, default=None, help="with --targets: only the CT's first N slices")
+    parser.add_argument(
+        "--int8-encoder",
+        default=None,
+        help="with --targets: also the CT with this blosam quantize folder (e.g. from scripts/check_int8.py)",
+    )
     args = parser.parse_args()
     data = Path(args.data)
     volume = data / CT
@@ -344,7 +365,7 @@ def main() -> None:
         start = time.perf_counter()
         export_encoder(backbone, "openvino", export_dir)
         print(f"openvino: export ready in {time.perf_counter() - start:.1f} s (once per machine, not in the figures)")
-        speed_targets(data, export_dir, work, args.skip_train, args.iterations, args.slices)
+        speed_targets(data, export_dir, work, args.skip_train, args.iterations, args.slices, args.int8_encoder)
         print(f"\nbenchmark took {time.perf_counter() - began:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
         return
     if engines[1:] and not args.skip_ct:

@@ -2,7 +2,7 @@
 
 Each subcommand parses its arguments, resolves the device and calls one library function; results go to
 stdout, diagnostics to the log. One module per concern, each with its ``_add_<name>(sub)`` / ``_run_<name>(args)``
-pair: ``info`` (info, prepare, bundle), ``train``, ``evaluate``, ``infer``, ``study``; ``common`` holds what they
+pair: ``info`` (info, prepare, bundle), ``train``, ``evaluate``, ``infer``, ``quantize``, ``study``; ``common`` holds what they
 share (``CLIError``, ``--engine``, ``resolve_device``).
 """
 
@@ -19,6 +19,7 @@ from blosam_med.cli.common import CLIError as CLIError
 from blosam_med.cli.evaluate import _add_evaluate
 from blosam_med.cli.infer import _add_infer
 from blosam_med.cli.info import _add_bundle, _add_info, _add_prepare
+from blosam_med.cli.quantize import _add_quantize
 from blosam_med.cli.study import _add_study
 from blosam_med.cli.train import TRAIN_OPTIONS as TRAIN_OPTIONS
 from blosam_med.cli.train import _add_train
@@ -36,6 +37,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_infer,
+    _add_quantize,
     _add_study,
     _add_bundle,
 ]

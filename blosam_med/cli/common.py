@@ -36,6 +36,17 @@ def _add_engine(p: argparse.ArgumentParser, default: str = "auto", text: str | N
     )
 
 
+def _add_int8(p: argparse.ArgumentParser) -> None:
+    """The ``--int8-encoder`` option: a ``blosam quantize`` folder that runs the encoder instead of ``--engine``."""
+    p.add_argument(
+        "--int8-encoder",
+        default=None,
+        metavar="FOLDER",
+        help="run the encoder in int8 from this blosam quantize folder (CPU, opt-in: masks differ slightly from "
+        "float32's; docs/speed.md#int8-encoder)",
+    )
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
 

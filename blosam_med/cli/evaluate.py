@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from blosam_med.cli.common import _add_engine, resolve_device
+from blosam_med.cli.common import _add_engine, _add_int8, resolve_device
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -27,6 +27,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="auto")
     _add_engine(p)
+    _add_int8(p)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
         "--tracking",
@@ -57,6 +58,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         engine=args.engine,
+        int8_encoder=args.int8_encoder,
         tracking_uri=(args.tracking_uri or sqlite_uri(Path(args.adapter).parent)) if args.tracking else None,
     )
     print(json.dumps({"split": args.split, "cases": len(result["cases"]), **result["mean"]}))

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from blosam_med.cli.common import CLIError, _add_engine, _process_device, resolve_device
+from blosam_med.cli.common import CLIError, _add_engine, _add_int8, _process_device, resolve_device
 
 
 # -------------------------------------------------------------------------------------------- infer
@@ -44,6 +44,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="mixed precision on a GPU (not on the CPU)")
     _add_engine(p)
+    _add_int8(p)
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -97,6 +98,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         amp=args.amp,
         engine=args.engine,
+        int8_encoder=args.int8_encoder,
     )
     failed = [r for r in records if r["status"] == "failed"]
     if distributed.get_rank() == 0:

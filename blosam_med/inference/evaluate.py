@@ -19,6 +19,7 @@ from blosam_med.metrics import NSD_TOLERANCE_MM, evaluate_cases
 from blosam_med.model.checkpoint import load_adapter
 from blosam_med.model.embedding_cache import EmbeddingCache
 from blosam_med.model.ensemble import PromptFreeModel
+from blosam_med.model.quantize import encoder_engine
 from blosam_med.tracking import log_evaluation
 
 __all__ = ["evaluate_adapter", "score_predictions", "group_volumes"]
@@ -121,6 +122,7 @@ def evaluate_adapter(
     experiment_name: str | None = None,
     run_name: str | None = None,
     engine: str = "torch",
+    int8_encoder: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict every case of ``split`` and score it against its label, per image (2D) or per volume (3D).
 
@@ -138,6 +140,7 @@ def evaluate_adapter(
         run_name: that run's name (default: the one the adapter stores).
         engine: what runs the frozen encoder (``torch``, ``auto``, ``openvino``, ``onnxruntime``; see
             :mod:`blosam_med.model.encoder_engines`).
+        int8_encoder: a ``blosam quantize`` folder that runs the encoder in int8 instead of ``engine``.
 
     Returns:
         ``{"adapter", "split", "cases": [...], "mean": {...}}`` with Dice, HD95 (mm) and NSD per case.
@@ -155,7 +158,8 @@ def evaluate_adapter(
         raise ValueError(f"{data}: the datalist has no '{split}' cases")
     batch_size = batch_size or default_batch_size(device)
     samples = load_samples(datalist[split], task, base_dir=base_dir, foreground_only=False, every_n=1)
-    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=engine)
+    encoder = encoder_engine(engine, int8_encoder, model.backbone, device)
+    cache = EmbeddingCache(model.backbone, cache_dir, device=device, progress=True, engine=encoder)
     options = preset_options([task])
     predictor = Predictor([model], cache, device=device, batch_size=batch_size, **options)
     masks = [binary_masks(lg, options["postprocess"]) for lg in predict_logits(predictor, samples, task)]

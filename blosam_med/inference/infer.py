@@ -34,6 +34,7 @@ from blosam_med.io import check_writable
 from blosam_med.model.backbones import Backbone, build_backbone
 from blosam_med.model.checkpoint import load_adapter, read_adapter
 from blosam_med.model.ensemble import PromptFreeModel
+from blosam_med.model.quantize import encoder_engine
 
 __all__ = [
     "CasePrediction",
@@ -259,6 +260,7 @@ def run_inference(
     cache_dir: str | Path | None = None,
     amp: str | None = None,
     engine: str = "auto",
+    int8_encoder: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every input with the adapters (one encoder pass per slice for all of them) and write the outputs.
 
@@ -266,7 +268,8 @@ def run_inference(
     ``batch_size`` defaults to 8 on a GPU and 1 on the CPU, where larger batches were slower (see the README).
     ``amp`` (``"bf16"`` or ``"fp16"``, GPU only) runs encoder and decoders under ``torch.autocast``.
     ``engine`` runs the frozen encoder (:mod:`blosam_med.model.encoder_engines`): ``auto`` is the fastest installed
-    CPU runtime (exported once, float32), else eager PyTorch.
+    CPU runtime (exported once, float32), else eager PyTorch. ``int8_encoder``: a folder of ``blosam quantize``
+    (:mod:`blosam_med.model.quantize`) runs the encoder instead, in int8 (opt-in; its masks differ from float32's).
 
     Inputs are cases of a cohort (:mod:`blosam_med.inference.cohort`): when a ``torch.distributed`` process group is
     initialised (``torchrun ... blosam infer --distributed``) each process predicts its share of the cases; each case
@@ -292,8 +295,9 @@ def run_inference(
     if len(names) != len(models):
         raise ValueError(f"{len(names)} label names for {len(models)} adapters")
     entries, ignored = find_inputs(input, split)
+    encoder = encoder_engine(engine, int8_encoder, models[0].backbone, device, amp_dtype)
     cache = EmbeddingCache(
-        models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype, engine=engine
+        models[0].backbone, cache_dir, device, batch_size, progress=False, amp_dtype=amp_dtype, engine=encoder
     )
     predictor = Predictor(
         models, cache, device=device, batch_size=batch_size, amp_dtype=amp_dtype, **preset_options(presets)
@@ -315,6 +319,7 @@ def run_inference(
         labels=names,
         amp=amp,
         checkpoint=str(checkpoint) if checkpoint else None,
+        **({"encoder": encoder.id} if not isinstance(encoder, str) else {}),
     )
     description = {
         "input": str(input),

@@ -58,7 +58,8 @@ class EmbeddingCache:
         engine: what runs the encoder (:mod:`blosam_med.model.encoder_engines`): ``torch``, ``auto`` or a runtime.
             A runtime's embeddings agree with eager PyTorch to float32 rounding but are not bitwise equal, so its
             entries are kept apart (keyed by runtime and version): a run reproduces exactly whatever engine filled
-            the cache before. The engine is built (and exported, once) at the first encoder call.
+            the cache before. The engine is built (and exported, once) at the first encoder call. A built
+            :class:`~blosam_med.model.encoder_engines.EncoderEngine` is used as given, its ``id`` in the keys.
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class EmbeddingCache:
         batch_size: int = 4,
         progress: bool = True,
         amp_dtype: torch.dtype | None = None,
-        engine: str = "torch",
+        engine: str | EncoderEngine = "torch",
     ) -> None:
         self.backbone = backbone
         self.root = Path(root) if root is not None else None
@@ -78,9 +79,13 @@ class EmbeddingCache:
         self.progress = progress
         self.encoder_calls = 0
         self.amp_dtype = amp_dtype
-        self.engine_name = resolve_engine(engine, self.device, amp_dtype)
-        self._engine: EncoderEngine | None = None
-        self._salt = self._describe(engine_id(self.engine_name))
+        self._engine: EncoderEngine | None = engine if isinstance(engine, EncoderEngine) else None
+        if self._engine is not None:  # a built engine (an int8 folder's): its id keys the entries
+            self.engine_name = self._engine.name
+            self._salt = self._describe(self._engine.id)
+        else:
+            self.engine_name = resolve_engine(str(engine), self.device, amp_dtype)
+            self._salt = self._describe(engine_id(self.engine_name))
 
     def _describe(self, engine: str) -> bytes:
         described = {
