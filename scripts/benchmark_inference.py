@@ -288,11 +288,13 @@ def speed_targets(
             )
     volume = first_slices(data / CT, slices, work)
     ct: dict[str, dict] = {}
-    variants = {name: (engine, env, ()) for name, (engine, env) in CT_VARIANTS.items()}
+    variants: dict[str, tuple[str, dict[str, str], list[str]]] = {
+        name: (engine, env, []) for name, (engine, env) in CT_VARIANTS.items()
+    }
     if int8:
-        variants["openvino int8 (opt-in --int8-encoder), default path"] = ("openvino", {}, ("--int8-encoder", int8))
-    for name, (engine, env, extra) in variants.items():
-        ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env, extra)
+        variants["openvino int8 (opt-in --int8-encoder), default path"] = ("openvino", {}, ["--int8-encoder", int8])
+    for name, (engine, env, options) in variants.items():
+        ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env, options)
         print(f"CT {name}: case {ct[name]['record']['seconds']:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
     last = eager_encoder_seconds()
     encoder = (first + last) / 2
