@@ -8,7 +8,8 @@ being every image of ``eval/<task>`` (160) or, for lung_ct, every CT volume in t
 and the 3-slice DICOM series). It prints, per task: the smallest and mean mask Dice against float32 OpenVINO (per 2D
 image, per volume), the cases below 0.99, and the encoder's s/image in float32 and int8 (medians of interleaved
 single-image runs on the check inputs, one process, 2 threads). The int8 folders stay in ``--work`` (for
-``benchmark_inference.py --targets --int8-encoder``).
+``benchmark_inference.py --targets --int8-encoder``). ``--timing-only`` times those folders again (7 inputs), e.g.
+under ``ONEDNN_MAX_CPU_ISA=AVX2``, which OpenVINO's CPU plugin honours, to see an AVX2-only CPU's figures.
 """
 
 from __future__ import annotations
@@ -66,12 +67,21 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--work", default="/tmp/blosam_int8", help="int8 folders, datalists and the export cache")
     parser.add_argument("--images", type=int, default=None, help="check only the first N pool images (all)")
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only time the encoders of int8 folders made before in --work (e.g. with ONEDNN_MAX_CPU_ISA=AVX2)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for task in args.tasks:
+        if args.timing_only:
+            fp32_s, int8_s = encoder_seconds(task, work / task, work / "cache", rounds=8)
+            print(f"{task}: float32 {fp32_s:.3f} s/image, int8 {int8_s:.3f} s/image, {fp32_s / int8_s:.2f}x")
+            continue
         listed = work / f"{task}_datalist.json"
         listed.write_text(json.dumps(datalist(data, task, args.images)))
         start = time.perf_counter()
