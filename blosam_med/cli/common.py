@@ -47,6 +47,27 @@ def _add_int8(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_adapters(p: argparse.ArgumentParser) -> None:
+    """``--adapter`` (files) or ``--task`` (shipped adapters), either repeatable, one of them required."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--adapter", action="append", help="adapter file; repeat for several structures")
+    which.add_argument(
+        "--task",
+        action="append",
+        help="an adapter shipped with the package (lung_xray, lung_ct, polyp, "
+        "teeth; see its MODEL_CARD.md); repeat for several structures",
+    )
+
+
+def _adapter_paths(args: argparse.Namespace) -> list[str]:
+    """The adapter files of ``--adapter``, or the shipped adapters of ``--task``."""
+    if args.adapter:
+        return list(args.adapter)
+    from blosam_med.model.shipped import shipped_adapter
+
+    return [str(shipped_adapter(task)) for task in args.task]
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given.
 

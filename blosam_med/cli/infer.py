@@ -6,20 +6,21 @@ import argparse
 import json
 import sys
 
-from blosam_med.cli.common import CLIError, _add_engine, _add_int8, _process_device, resolve_device
+from blosam_med.cli.common import (
+    CLIError,
+    _adapter_paths,
+    _add_adapters,
+    _add_engine,
+    _add_int8,
+    _process_device,
+    resolve_device,
+)
 
 
 # -------------------------------------------------------------------------------------------- infer
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="prompt-free segmentation of images, DICOM, NIfTI volumes, folders, datalists")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--adapter", action="append", help="adapter file; repeat for several structures")
-    which.add_argument(
-        "--task",
-        action="append",
-        help="an adapter shipped with the package (lung_xray, lung_ct, polyp, "
-        "teeth; see its MODEL_CARD.md); repeat for several structures",
-    )
+    _add_adapters(p)
     p.add_argument("--input", required=True, help="image, DICOM file or series folder, NIfTI, folder or datalist")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
@@ -76,14 +77,8 @@ def _run_infer(args: argparse.Namespace) -> int:
             distributed.init_process_group(device)
         except RuntimeError as err:
             raise CLIError(f"--distributed: {err}") from err
-    if args.adapter:
-        adapters = args.adapter
-    else:
-        from blosam_med.model.shipped import shipped_adapter
-
-        adapters = [str(shipped_adapter(task)) for task in args.task]
     records = run_inference(
-        adapters,
+        _adapter_paths(args),
         args.input,
         args.out,
         args.format,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from blosam_med.cli.common import _adapter_paths, _add_adapters
+
 
 # ----------------------------------------------------------------------------------------- quantize
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -12,9 +14,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
         "quantize",
         help="int8 encoder (OpenVINO + NNCF) calibrated on a task's images, kept only if its masks match float32's",
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--adapter", action="append", help="adapter file; repeat for adapters run together")
-    which.add_argument("--task", action="append", help="a shipped adapter (lung_xray, lung_ct, polyp, teeth)")
+    _add_adapters(p)
     p.add_argument("--data", required=True, help="datalist JSON or task folder of the task's own images")
     p.add_argument("--out", required=True, help="folder to write the int8 encoder to")
     p.add_argument("--split", default="training", help="calibration images: this datalist section")
@@ -29,14 +29,8 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 def _run_quantize(args: argparse.Namespace) -> int:
     from blosam_med.inference.int8 import quantize_for_adapters
 
-    if args.adapter:
-        adapters = args.adapter
-    else:
-        from blosam_med.model.shipped import shipped_adapter
-
-        adapters = [str(shipped_adapter(task)) for task in args.task]
     described = quantize_for_adapters(
-        adapters,
+        _adapter_paths(args),
         args.data,
         args.out,
         split=args.split,
