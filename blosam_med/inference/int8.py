@@ -19,6 +19,7 @@ from blosam_med.inference.infer import load_adapters, predict_case
 from blosam_med.inference.predictor import Predictor, preset_options
 from blosam_med.io import check_writable
 from blosam_med.model.embedding_cache import EmbeddingCache
+from blosam_med.model.encoder_engines import build_engine
 from blosam_med.model.paths import default_cache_dir
 from blosam_med.model.quantize import DESCRIPTION, MIN_DICE, int8_engine, quantize_encoder
 
@@ -88,7 +89,10 @@ def quantize_for_adapters(
         folder = quantize_encoder(backbone, [s[SampleKeys.IMAGE] for s in samples], names, work / "int8", root)
         predictors = {
             name: Predictor(models, EmbeddingCache(backbone, None, progress=False, engine=e), **preset_options(presets))
-            for name, e in (("float32", engine), ("int8", int8_engine(folder, backbone)))
+            for name, e in (
+                ("float32", build_engine(backbone, engine, root=root)),
+                ("int8", int8_engine(folder, backbone)),
+            )
         }
         cases: list[dict[str, Any]] = []
         for entry in datalist[check_split]:

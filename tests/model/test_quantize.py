@@ -116,3 +116,15 @@ def test_cli_quantize_keeps_the_encoder_only_above_the_gate_and_infer_uses_it(tm
     args = ["infer", "--adapter", str(adapter), "--input", str(synthetic_2d / "images"), "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "x"), "--int8-encoder", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: not an int8 encoder folder" in capsys.readouterr().err
+
+
+def test_quantize_keeps_its_float32_reference_export_in_the_cache_it_is_given(tmp_path, synthetic_2d):
+    from blosam_med.inference.int8 import quantize_for_adapters
+
+    adapter = write_tiny_adapter(tmp_path / "a.pt", task="lung_xray", seed=3)
+    described = quantize_for_adapters(
+        [adapter], synthetic_2d, tmp_path / "q", min_dice=0.0, cache_dir=tmp_path / "c", engine="openvino"
+    )
+    assert described["check"]["engine"] == "openvino"
+    assert len(list((tmp_path / "c" / "engines").rglob("export.json"))) == 1  # shared by int8 and its reference
+    assert not (tmp_path / "cache" / "engines").exists()  # nothing in the default cache ($BLOSAM_CACHE)
