@@ -119,8 +119,10 @@ def quantize_for_adapters(
         described = json.loads((folder / DESCRIPTION).read_text())
         described["check"] = check
         (folder / DESCRIPTION).write_text(json.dumps(described, indent=1))
-        if out.exists():
+        if out.is_dir():  # --overwrite (checked above): the old folder goes only once the new one passed
             shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
         os.rename(folder, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
