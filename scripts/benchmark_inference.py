@@ -18,7 +18,8 @@ cross-fit, 8 views, 300 iterations, engine auto) from an empty embedding cache w
 :data:`TRAIN_VARIANTS`, as wall seconds and encoder-times (seconds / encoder s/image), and ``blosam infer --task
 lung_ct`` on the CT with each of :data:`CT_VARIANTS`, as slices/s and eager encoder rates (slices/s x encoder
 s/image), with the voxels each variant's label map has that differ from eager float32's. The OpenVINO export is made
-beforehand and shared (a one-off per machine, timed apart).
+beforehand and shared (a one-off per machine, timed apart). ``--int8-encoder FOLDER`` adds the CT through the default
+path with that ``blosam quantize`` folder (opt-in int8; ``scripts/check_int8.py`` makes one per task).
 """
 
 from __future__ import annotations

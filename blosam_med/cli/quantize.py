@@ -18,7 +18,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="datalist JSON or task folder of the task's own images")
     p.add_argument("--out", required=True, help="folder to write the int8 encoder to")
     p.add_argument("--split", default="training", help="calibration images: this datalist section")
-    p.add_argument("--images", type=int, default=32, help="calibration images (volume slices), evenly spaced")
+    p.add_argument("--images", type=int, default=32, help="calibration images (volume slices), evenly spaced; 0: all")
     p.add_argument("--check-split", default="test", help="cases whose masks are compared with float32's")
     p.add_argument("--min-dice", type=float, default=0.99, help="smallest mask Dice against float32 to keep it")
     p.add_argument("--cache-dir", default=None, help="where the float32 export is kept (default: the cache)")

@@ -27,7 +27,8 @@ __all__ = ["CALIBRATION_IMAGES", "mask_dice", "quantize_for_adapters"]
 
 logger = logging.getLogger(__name__)
 
-#: Calibration images (2D images or volume slices, evenly spaced) taken from the calibration split by default.
+#: Calibration images (2D images or volume slices, evenly spaced) taken from the calibration split by default
+#: (``blosam quantize --images``; 0 takes them all).
 CALIBRATION_IMAGES = 32
 
 

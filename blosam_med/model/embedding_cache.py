@@ -79,12 +79,12 @@ class EmbeddingCache:
         self.progress = progress
         self.encoder_calls = 0
         self.amp_dtype = amp_dtype
-        self._engine: EncoderEngine | None = engine if isinstance(engine, EncoderEngine) else None
-        if self._engine is not None:  # a built engine (an int8 folder's): its id keys the entries
-            self.engine_name = self._engine.name
-            self._salt = self._describe(self._engine.id)
+        self._engine: EncoderEngine | None = None
+        if isinstance(engine, EncoderEngine):  # a built engine (an int8 folder's): its id keys the entries
+            self._engine, self.engine_name = engine, engine.name
+            self._salt = self._describe(engine.id)
         else:
-            self.engine_name = resolve_engine(str(engine), self.device, amp_dtype)
+            self.engine_name = resolve_engine(engine, self.device, amp_dtype)
             self._salt = self._describe(engine_id(self.engine_name))
 
     def _describe(self, engine: str) -> bytes:

@@ -59,9 +59,9 @@ def quantize_encoder(
         root: the engine cache folder holding (or receiving) the float32 OpenVINO export.
 
     Raises:
-        ValueError: no calibration images, or ``names`` of another length.
+        ValueError: no calibration images, ``names`` of another length, or OpenVINO or NNCF not installed (the
+            message gives ``pip install 'blosam_med[openvino]'``).
         FileExistsError: ``out`` exists.
-        ValueError: OpenVINO or NNCF is not installed (the message gives ``pip install 'blosam_med[openvino]'``).
     """
     try:
         import nncf

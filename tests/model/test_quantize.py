@@ -128,3 +128,13 @@ def test_quantize_keeps_its_float32_reference_export_in_the_cache_it_is_given(tm
     assert described["check"]["engine"] == "openvino"
     assert len(list((tmp_path / "c" / "engines").rglob("export.json"))) == 1  # shared by int8 and its reference
     assert not (tmp_path / "cache" / "engines").exists()  # nothing in the default cache ($BLOSAM_CACHE)
+
+
+def test_cli_quantize_defaults_are_the_library_constants():
+    """The parser spells its defaults out (it imports no torch); they must stay the library's."""
+    from blosam_med.cli import build_parser
+    from blosam_med.inference.int8 import CALIBRATION_IMAGES
+    from blosam_med.model.quantize import MIN_DICE
+
+    args = build_parser().parse_args(["quantize", "--task", "polyp", "--data", "d", "--out", "o"])
+    assert (args.images, args.min_dice) == (CALIBRATION_IMAGES, MIN_DICE)
