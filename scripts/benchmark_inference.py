@@ -196,10 +196,12 @@ CT_VARIANTS = {
     ),
 }
 #: ``blosam train`` variants (environment, extra arguments): the cross-fit's folds one after the other in one process
-#: (before issue 38) and side by side (the default). Early stopping on B and 150 iterations lost pool Dice (docs/speed.md).
+#: (before issue 38), side by side (the default), and that in bfloat16 autocast (opt-in ``--amp bf16``). Early stopping
+#: on B and 150 iterations lost pool Dice (docs/speed.md).
 TRAIN_VARIANTS: dict[str, tuple[dict[str, str], list[str]]] = {
     "folds one after the other (before)": ({"BLOSAM_FOLD_WORKERS": "1"}, []),
     "folds side by side (default)": ({"BLOSAM_FOLD_WORKERS": ""}, []),
+    "folds side by side, bfloat16 autocast (opt-in --amp bf16)": ({"BLOSAM_FOLD_WORKERS": ""}, ["--amp", "bf16"]),
 }
 
 
@@ -271,15 +273,20 @@ def speed_targets(
     iterations: int = 300,
     slices: int | None = None,
     int8: str | None = None,
+    train_variants: Sequence[str] = (),
+    skip_ct: bool = False,
 ) -> None:
     """Issue 38's figures in one run: the eager encoder's s/image, the default 4-shot training from a cold cache in
     encoder-times, and the CT's slices/s in eager encoder rates, for each variant (interleaved with the encoder
-    timing at the start and the end); ``int8``: also the CT with this ``blosam quantize`` folder (opt-in)."""
+    timing at the start and the end); ``int8``: also the CT with this ``blosam quantize`` folder (opt-in);
+    ``train_variants``: only the training variants whose names contain one of these words (default: all)."""
     first = eager_encoder_seconds()
     print(f"eager float32 encoder (start): {first:.3f} s/image, load average {os.getloadavg()[0]:.2f}", flush=True)
     trained: dict[str, tuple[float, float, Path]] = {}
     if not skip_train:
         for name, (env, extra) in TRAIN_VARIANTS.items():
+            if train_variants and not any(word in name for word in train_variants):
+                continue
             out = work / f"train_{len(trained)}"
             trained[name] = (*train_polyp(data, out, export_dir, env, iterations, extra), out)
             print(
@@ -294,14 +301,14 @@ def speed_targets(
     }
     if int8:
         variants["openvino int8 (opt-in --int8-encoder), default path"] = ("openvino", {}, ["--int8-encoder", int8])
-    for name, (engine, env, options) in variants.items():
+    for name, (engine, env, options) in ({} if skip_ct else variants).items():
         ct[name] = infer_ct(volume, engine, work / f"ct_{len(ct)}", export_dir, env, options)
         print(f"CT {name}: case {ct[name]['record']['seconds']:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
     last = eager_encoder_seconds()
     encoder = (first + last) / 2
     print(f"eager float32 encoder (end): {last:.3f} s/image; used: the mean, {encoder:.3f} s/image\n")
     print(f"{'what':<58}{'figure':>16}{'ratio':>22}  agreement")
-    reference = _nifti(next(iter(ct.values()))["record"]["outputs"]["nifti"])
+    reference = _nifti(next(iter(ct.values()))["record"]["outputs"]["nifti"]) if ct else None
     for name, run in ct.items():
         rate = run["record"]["slices"] / run["record"]["seconds"]
         mask = _nifti(run["record"]["outputs"]["nifti"])
@@ -335,7 +342,9 @@ def main() -> None:
     parser.add_argument("--skip-2d", action="store_true", help="only the CT")
     parser.add_argument("--images", type=int, default=None, help="2D agreement: the first N images per task (all)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS_2D), choices=TASKS_2D, help="2D agreement tasks")
-    parser.add_argument("--skip-ct", action="store_true", help="only the 2D agreement")
+    parser.add_argument(
+        "--skip-ct", action="store_true", help="only the 2D agreement (with --targets: the training only)"
+    )
     parser.add_argument(
         "--targets",
         action="store_true",
@@ -343,6 +352,13 @@ def main() -> None:
         "encoder-times and CT slices/s in eager encoder rates, per variant (OpenVINO needed)",
     )
     parser.add_argument("--skip-train", action="store_true", help="with --targets: the CT only")
+    parser.add_argument(
+        "--train-variants",
+        nargs="+",
+        default=(),
+        metavar="WORD",
+        help="with --targets: only the training variants whose names contain a WORD (default, bf16, before)",
+    )
     parser.add_argument("--iterations", type=int, default=300, help="with --targets: training iterations (default)")
     parser.add_argument("--slices", type=int, default=None, help="with --targets: only the CT's first N slices")
     parser.add_argument(
@@ -368,7 +384,17 @@ def main() -> None:
         start = time.perf_counter()
         export_encoder(backbone, "openvino", export_dir)
         print(f"openvino: export ready in {time.perf_counter() - start:.1f} s (once per machine, not in the figures)")
-        speed_targets(data, export_dir, work, args.skip_train, args.iterations, args.slices, args.int8_encoder)
+        speed_targets(
+            data,
+            export_dir,
+            work,
+            args.skip_train,
+            args.iterations,
+            args.slices,
+            args.int8_encoder,
+            args.train_variants,
+            args.skip_ct,
+        )
         print(f"\nbenchmark took {time.perf_counter() - began:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
         return
     if engines[1:] and not args.skip_ct:

@@ -32,6 +32,9 @@ TRAIN_OPTIONS = {
     "engine": "engine",
 }
 
+#: ``blosam train --amp`` values: the bundle's ``amp`` (bfloat16 autocast is the only one training takes).
+AMP = {"bf16": True}
+
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from blosam_med.variants import ENCODER_TAILS, FROZEN_ENCODER, HYPERGRADIENTS, METHODS, ROLES
@@ -97,6 +100,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=given, help="embedding cache (default: $BLOSAM_CACHE or ~/.cache/blosam_med)")
     p.add_argument("--device", default="auto")
     _add_engine(p)
+    p.add_argument(
+        "--amp",
+        choices=list(AMP),
+        default=None,
+        help="the decoder's training passes in bfloat16 autocast, CPU or GPU (opt-in: about 1.5x per iteration on "
+        "a CPU with avx512_bf16, slower where bfloat16 is emulated; docs/speed.md)",
+    )
     p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
     p.add_argument("--tracking-uri", default=given, help="MLflow tracking URI (default: sqlite in --out)")
     p.add_argument("--resume", action="store_true", default=given, help="continue from the last checkpoint in --out")
@@ -138,6 +148,8 @@ def _run_train(args: argparse.Namespace) -> int:
         "device": f"$torch.device('{device}')",
         **{bundle_id: getattr(args, name) for name, bundle_id in TRAIN_OPTIONS.items() if hasattr(args, name)},
     }
+    if args.amp:
+        override["amp"] = AMP[args.amp]
     extra, tail_override = encoder_tail_training(args.task, args.encoder_tail)
     override.update(tail_override)
     configs = training_configs(args.task, distributed=args.distributed, extra_configs=extra)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from ignite.engine import Events
-from monai.engines import Trainer
+from monai.engines import Trainer, Workflow
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.utils.data import DataLoader
@@ -18,6 +19,8 @@ from blosam_med.engine.events import BiLevelEvents
 from blosam_med.engine.hypergradient import HYPERGRADIENTS
 from blosam_med.model.blosam import BloSam
 from blosam_med.variants import check_name
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BiLevelTrainer", "bilevel_param_groups", "TrainableState"]
 
@@ -114,6 +117,11 @@ class BiLevelTrainer(Trainer):
         unroll_lr: virtual step size of the second-order unrolled step; default: the lower group's current lr.
         fd_epsilon: finite-difference scale (``R = fd_epsilon / ||v||``).
         distributed: average gradients and losses over the initialised ``torch.distributed`` process group.
+        amp: run the decoder's forward passes (both levels, the hypergradient's included) under
+            ``torch.autocast`` to bfloat16, on the CPU or a GPU; losses and optimizer steps stay float32. float16 is
+            refused: the prompt's hypergradient (``torch.autograd.grad``) is not loss-scaled. On a CPU without
+            native bfloat16 (``avx512_bf16`` or AMX) it is emulated and slower, which is logged.
+        amp_kwargs: further ``torch.autocast`` arguments; ``dtype`` must be ``torch.bfloat16`` (the default).
 
     The other arguments are those of :class:`monai.engines.SupervisedTrainer`.
     """
@@ -170,9 +178,11 @@ class BiLevelTrainer(Trainer):
             to_kwargs=to_kwargs,
             amp_kwargs=amp_kwargs,
         )
+        if amp:
+            self.amp_kwargs = _bf16_autocast(self.amp_kwargs, torch.device(device))
         self.network = network
         self.optimizer = optimizer
-        self.loss_function = loss_function
+        self.loss_function = _float_loss(loss_function) if amp else loss_function
         self.upper_data_loader = upper_data_loader
         self.hypergradient = hypergradient
         self.unroll_lr = unroll_lr
@@ -187,6 +197,14 @@ class BiLevelTrainer(Trainer):
             self.add_event_handler(Events.STARTED, self._broadcast_parameters)
         if decollate:
             self.add_event_handler(IterationEvents.MODEL_COMPLETED, self._group_losses)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Run the training; unlike ``monai.engines.Trainer.run``, no ``GradScaler`` (bfloat16 needs none)."""
+        self.scaler = None
+        Workflow.run(self)
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.state.device.type, **self.amp_kwargs) if self.amp else nullcontext()
 
     @property
     def bilevel(self) -> bool:
@@ -238,14 +256,7 @@ class BiLevelTrainer(Trainer):
             for p in group["params"]:
                 if id(p) not in keep:
                     p.grad = None
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.optimizer.step()
 
     def _iteration(self, engine: BiLevelTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
@@ -259,17 +270,17 @@ class BiLevelTrainer(Trainer):
         # would be discarded, and without it the backward pass stops before the image-side input of the decoder
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with _constant(upper if engine.bilevel else []):
-            with torch.autocast(engine.state.device.type, **engine.amp_kwargs) if engine.amp else nullcontext():
+            with engine._autocast():
                 logits = engine.network.forward_embeddings(x_a)
                 loss_a = engine.loss_function(logits, y_a)
             engine.fire_event(BiLevelEvents.LOWER_FORWARD_COMPLETED)
-            engine._backward(loss_a)
+            loss_a.backward()
         stepped = lower + upper if not engine.bilevel else lower
         engine._average([p.grad for p in stepped])
         engine.fire_event(BiLevelEvents.LOWER_BACKWARD_COMPLETED)
         engine._step(stepped)
         output: dict[str, Any] = {
-            Keys.PRED: logits.detach(),
+            Keys.PRED: logits.detach().float(),
             Keys.LABEL: y_a,
             Keys.LOSS: engine._average([loss_a.detach().clone()])[0],
         }
@@ -279,16 +290,17 @@ class BiLevelTrainer(Trainer):
             x_b, y_b = engine.prepare_batch(
                 engine._next_upper_batch(), engine.state.device, engine.non_blocking, **engine.to_kwargs
             )[:2]
-            grads, loss_b = HYPERGRADIENTS[engine.hypergradient](
-                engine.network,
-                engine.loss_function,
-                (x_b, y_b),
-                batch_a=(x_a, y_a),
-                xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(),
-                eps=engine.fd_epsilon,
-                reduce=engine._average,
-                on_loss=lambda: engine.fire_event(BiLevelEvents.UPPER_FORWARD_COMPLETED),
-            )
+            with engine._autocast():
+                grads, loss_b = HYPERGRADIENTS[engine.hypergradient](
+                    engine.network,
+                    engine.loss_function,
+                    (x_b, y_b),
+                    batch_a=(x_a, y_a),
+                    xi=engine.unroll_lr if engine.unroll_lr is not None else engine._lower_lr(),
+                    eps=engine.fd_epsilon,
+                    reduce=engine._average,
+                    on_loss=lambda: engine.fire_event(BiLevelEvents.UPPER_FORWARD_COMPLETED),
+                )
             engine.fire_event(BiLevelEvents.UPPER_BACKWARD_COMPLETED)
             engine.optimizer.zero_grad(set_to_none=True)
             for p, g in zip(upper, grads, strict=True):
@@ -306,3 +318,31 @@ class BiLevelTrainer(Trainer):
                 item[Keys.LOSS] = {"loss_lower": float(item[Keys.LOSS]), "loss_upper": float(item.pop("loss_upper"))}
             else:
                 item[Keys.LOSS] = {"loss_joint": float(item[Keys.LOSS])}
+
+
+def _bf16_autocast(amp_kwargs: dict, device: torch.device) -> dict:
+    """``torch.autocast`` arguments for bfloat16 training; float16 is refused, a CPU without native bf16 logged."""
+    kwargs = {**amp_kwargs, "dtype": amp_kwargs.get("dtype", torch.bfloat16)}
+    if kwargs["dtype"] != torch.bfloat16:
+        raise ValueError(
+            f"amp dtype {kwargs['dtype']}: bi-level training runs autocast in bfloat16 only (the prompt's "
+            "hypergradient is not loss-scaled, so float16 gradients could underflow)"
+        )
+    if device.type == "cpu" and not _native_bf16_cpu():
+        log.warning("amp: this CPU has no native bfloat16 (avx512_bf16 or AMX), so bfloat16 is emulated and slower")
+    return kwargs
+
+
+def _float_loss(loss_function: Callable) -> Callable:
+    """The loss of bfloat16 logits computed in float32."""
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss_function(logits.float(), target)
+
+    return loss
+
+
+def _native_bf16_cpu() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (AVX512-BF16 or AMX), by torch's private checks where it has them."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

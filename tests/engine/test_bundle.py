@@ -63,6 +63,21 @@ def test_single_level_baseline_trains_on_all_shots(synthetic_2d, tmp_path):
     assert set(json.loads((out / "metrics.json").read_text())["final_loss"]) == {"loss_joint"}
 
 
+def test_amp_bf16_trains_in_bfloat16_and_records_it(synthetic_2d, tmp_path):
+    """--amp bf16 reaches the trainer (its adapter differs from float32's, its tensors stay float32) and the run
+    params; without it the params record no amp."""
+    from blosam_med.model import load_adapter
+
+    states = {}
+    for amp in ([], ["--amp", "bf16"]):
+        out = tmp_path / ("bf16" if amp else "fp32")
+        assert _train(synthetic_2d, out, "--iterations", "2", "--cross-fit", "1", *amp) == 0
+        assert json.loads((out / "metrics.json").read_text())["params"]["amp"] == ("bf16" if amp else None)
+        states[bool(amp)] = load_adapter(out / "adapter.pt")[0].trainable_state_dict()
+    assert all(t.dtype == torch.float32 for t in states[True].values())
+    assert any(not torch.equal(states[True][k], states[False][k]) for k in states[False])
+
+
 def test_upper_heads_override_reaches_the_adapter_and_the_run_params(synthetic_2d, tmp_path):
     from blosam_med.model import load_adapter
 

@@ -218,3 +218,38 @@ def test_loss_curve_equals_the_plain_step(tiny_backbone, bilevel):
     expected = _plain_losses(tiny_backbone, bilevel, 6)
     assert len(losses) == 6 and len(losses[0]) == (2 if bilevel else 1)
     assert torch.allclose(torch.tensor(losses), torch.tensor(expected), rtol=0, atol=1e-6), (losses, expected)
+
+
+@pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
+def test_bf16_autocast_runs_both_levels_in_bfloat16_and_keeps_float32_weights(tiny_backbone, hypergradient):
+    """--amp bf16: every decoder forward (lower, and inside the hypergradient) computes in bfloat16; trained tensors,
+    losses and steps stay float32, and the first iteration's losses stay near float32's."""
+    losses = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        trainer, model, _ = _trainer(tiny_backbone, hypergradient=hypergradient, amp=amp)
+        seen = []
+        model.mask_decoder.output_upscaling.register_forward_hook(lambda m, i, o, seen=seen: seen.append(o.dtype))
+        trainer.run()
+        losses[amp] = torch.tensor(list(trainer.state.output[0]["loss"].values()))
+        forwards = 2 if hypergradient == "first_order" else 5  # lower; B (+ unrolled A and the two differences)
+        assert seen == [torch.bfloat16 if amp else torch.float32] * forwards
+        assert all(p.dtype == torch.float32 for p in model.lower_parameters() + model.upper_parameters())
+        assert trainer.scaler is None
+    assert not torch.equal(losses[True], losses[False])
+    assert torch.allclose(losses[True], losses[False], atol=0.02), losses
+
+
+def test_fp16_training_is_refused(tiny_backbone):
+    with pytest.raises(ValueError, match="bfloat16 only.*not loss-scaled"):
+        _trainer(tiny_backbone, amp=True, amp_kwargs={"dtype": torch.float16})
+
+
+def test_bf16_on_a_cpu_without_native_bfloat16_is_logged(tiny_backbone, monkeypatch, caplog):
+    import blosam_med.engine.trainer as trainer_module
+
+    for native in (True, False):
+        monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda native=native: native)
+        caplog.clear()
+        _trainer(tiny_backbone, amp=True)
+        assert ("emulated and slower" in caplog.text) is not native
