@@ -119,8 +119,9 @@ class BiLevelTrainer(Trainer):
         distributed: average gradients and losses over the initialised ``torch.distributed`` process group.
         amp: run the decoder's forward passes (both levels, the hypergradient's included) under
             ``torch.autocast`` to bfloat16, on the CPU or a GPU; losses and optimizer steps stay float32. float16 is
-            refused: the prompt's hypergradient (``torch.autograd.grad``) is not loss-scaled. On a CPU without
-            native bfloat16 (``avx512_bf16`` or AMX) it is emulated and slower, which is logged.
+            refused: the prompt's hypergradient (``torch.autograd.grad``) is not loss-scaled. Where bfloat16 is not
+            native (a CPU without ``avx512_bf16`` or AMX, a GPU before compute capability 8.0) it is slower, which
+            is logged.
         amp_kwargs: further ``torch.autocast`` arguments; ``dtype`` must be ``torch.bfloat16`` (the default).
 
     The other arguments are those of :class:`monai.engines.SupervisedTrainer`.
@@ -330,6 +331,8 @@ def _bf16_autocast(amp_kwargs: dict, device: torch.device) -> dict:
         )
     if device.type == "cpu" and not _native_bf16_cpu():
         log.warning("amp: this CPU has no native bfloat16 (avx512_bf16 or AMX), so bfloat16 is emulated and slower")
+    elif device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log.warning("amp: this GPU has no native bfloat16 (compute capability 8.0 or later), so it may be slower")
     return kwargs
 
 
