@@ -119,9 +119,9 @@ class BiLevelTrainer(Trainer):
         distributed: average gradients and losses over the initialised ``torch.distributed`` process group.
         amp: run the decoder's forward passes (both levels, the hypergradient's included) under
             ``torch.autocast`` to bfloat16, on the CPU or a GPU; losses and optimizer steps stay float32. float16 is
-            refused: the prompt's hypergradient (``torch.autograd.grad``) is not loss-scaled. Where bfloat16 is not
-            native (a CPU without ``avx512_bf16`` or AMX, a GPU before compute capability 8.0) it is slower, which
-            is logged.
+            refused: the prompt's hypergradient (``torch.autograd.grad``) is not loss-scaled; so is a CPU without
+            native bfloat16 (``avx512_bf16`` or AMX), where it is emulated and 10x slower. A GPU before compute
+            capability 8.0 is logged (slower, not measured).
         amp_kwargs: further ``torch.autocast`` arguments; ``dtype`` must be ``torch.bfloat16`` (the default).
 
     The other arguments are those of :class:`monai.engines.SupervisedTrainer`.
@@ -322,7 +322,7 @@ class BiLevelTrainer(Trainer):
 
 
 def _bf16_autocast(amp_kwargs: dict, device: torch.device) -> dict:
-    """``torch.autocast`` arguments for bfloat16 training; float16 is refused, a CPU without native bf16 logged."""
+    """``torch.autocast`` arguments for bfloat16 training; float16 and a CPU without native bf16 are refused."""
     kwargs = {**amp_kwargs, "dtype": amp_kwargs.get("dtype", torch.bfloat16)}
     if kwargs["dtype"] != torch.bfloat16:
         raise ValueError(
@@ -330,8 +330,11 @@ def _bf16_autocast(amp_kwargs: dict, device: torch.device) -> dict:
             "hypergradient is not loss-scaled, so float16 gradients could underflow)"
         )
     if device.type == "cpu" and not _native_bf16_cpu():
-        log.warning("amp: this CPU has no native bfloat16 (avx512_bf16 or AMX), so bfloat16 is emulated and slower")
-    elif device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(
+            "amp: this CPU has no native bfloat16 (avx512_bf16 or AMX): emulated, a bfloat16 training iteration took "
+            "10x a float32 one (docs/speed.md#bfloat16-training-opt-in), so train in float32 (drop --amp / amp: true)"
+        )
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         log.warning("amp: this GPU has no native bfloat16 (compute capability 8.0 or later), so it may be slower")
     return kwargs
 

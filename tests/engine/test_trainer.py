@@ -221,9 +221,14 @@ def test_loss_curve_equals_the_plain_step(tiny_backbone, bilevel):
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
-def test_bf16_autocast_runs_both_levels_in_bfloat16_and_keeps_float32_weights(tiny_backbone, hypergradient):
+def test_bf16_autocast_runs_both_levels_in_bfloat16_and_keeps_float32_weights(
+    tiny_backbone, hypergradient, monkeypatch
+):
     """--amp bf16: every decoder forward (lower, and inside the hypergradient) computes in bfloat16; trained tensors,
     losses and steps stay float32, and the first iteration's losses stay near float32's."""
+    import blosam_med.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda: True)  # emulated bf16 computes the same, slower
     losses = {}
     for amp in (False, True):
         torch.manual_seed(0)
@@ -245,11 +250,12 @@ def test_fp16_training_is_refused(tiny_backbone):
         _trainer(tiny_backbone, amp=True, amp_kwargs={"dtype": torch.float16})
 
 
-def test_bf16_on_a_cpu_without_native_bfloat16_is_logged(tiny_backbone, monkeypatch, caplog):
+def test_bf16_on_a_cpu_without_native_bfloat16_is_refused(tiny_backbone, monkeypatch):
     import blosam_med.engine.trainer as trainer_module
 
-    for native in (True, False):
-        monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda native=native: native)
-        caplog.clear()
+    monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda: True)
+    assert _trainer(tiny_backbone, amp=True)[0].amp_kwargs["dtype"] == torch.bfloat16
+    monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda: False)
+    with pytest.raises(ValueError, match="no native bfloat16.*drop --amp"):
         _trainer(tiny_backbone, amp=True)
-        assert ("emulated and slower" in caplog.text) is not native
+    assert _trainer(tiny_backbone, amp=False)[0].amp is False  # float32 training is unaffected
