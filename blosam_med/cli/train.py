@@ -104,8 +104,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--amp",
         choices=list(AMP),
         default=None,
-        help="the decoder's training passes in bfloat16 autocast, CPU or GPU (opt-in: about 1.5x per iteration on "
-        "a CPU with avx512_bf16, slower where bfloat16 is emulated; docs/speed.md)",
+        help="the decoder's training passes in bfloat16 autocast, CPU or GPU (opt-in: 1.4x per iteration on a CPU "
+        "with avx512_bf16, polyp pool Dice -0.01; refused on a CPU without native bfloat16; docs/speed.md)",
     )
     p.add_argument("--tracking", action="store_true", help="track the run in MLflow")
     p.add_argument("--tracking-uri", default=given, help="MLflow tracking URI (default: sqlite in --out)")
