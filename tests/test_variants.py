@@ -47,9 +47,11 @@ def test_cli_choices_come_from_the_registry(capsys):
     assert all(f"'{m}'" in err for m in METHODS)
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     choices = {a.dest: list(a.choices) for a in train._actions if a.choices}
+    from blosam_med.cli.train import AMP
     from blosam_med.model.encoder_engines import ENGINES
 
     assert choices == {
+        "amp": list(AMP),
         "method": list(METHODS),
         "hypergradient": list(HYPERGRADIENTS),
         "roles": list(ROLES),
