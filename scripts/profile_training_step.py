@@ -97,6 +97,12 @@ def main() -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def autocast_forward(net: BloSam, embeddings: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Float32 logits of the decoder, computed under bfloat16 autocast when ``bf16``."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return net.forward_embeddings(embeddings).float()
+
+
 def bilevel_iteration(
     forward: Callable, net: BloSam, opt: torch.optim.Optimizer, loss_fn: DiceCELoss, x: torch.Tensor, y: torch.Tensor
 ) -> None:
@@ -152,19 +158,22 @@ def compare_bf16(
     """Seconds per bi-level iteration in float32 and under ``torch.autocast`` to bfloat16 on the CPU, and how far the
     untrained network's probabilities move."""
 
-    def forward(embeddings: torch.Tensor, bf16: bool) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return net.forward_embeddings(embeddings).float()
-
     with torch.no_grad():
-        p32, p16 = (torch.sigmoid(forward(x, bf16)) for bf16 in (False, True))
+        p32, p16 = (torch.sigmoid(autocast_forward(net, x, bf16)) for bf16 in (False, True))
     flipped = ((p32 > 0.5) != (p16 > 0.5)).float().mean().item()
     print(
         f"bf16 against fp32: max |probability difference| {(p32 - p16).abs().max():.4f}, mask pixels flipped {flipped:.2%}"
     )
     for bf16 in (False, True):
         time_iterations(
-            "bf16 autocast" if bf16 else "fp32", lambda e, b=bf16: forward(e, b), net, opt, loss_fn, x, y, steps
+            "bf16 autocast" if bf16 else "fp32",
+            lambda e, b=bf16: autocast_forward(net, e, b),
+            net,
+            opt,
+            loss_fn,
+            x,
+            y,
+            steps,
         )
 
 
@@ -195,12 +204,8 @@ def training_floor(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
-    def forward(embeddings: torch.Tensor, bf16: bool) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return net.forward_embeddings(embeddings).float()
-
     with FlopCounterMode(display=False) as counter:
-        bilevel_iteration(lambda e: forward(e, False), net, opt, loss_fn, x, y)
+        bilevel_iteration(lambda e: autocast_forward(net, e, False), net, opt, loss_fn, x, y)
     gflop = counter.get_total_flops() / 1e9
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, CPU capability "
@@ -209,11 +214,11 @@ def training_floor(
     print(f"one bi-level iteration (batch {x.shape[0]}): {gflop:.1f} GFLOP in matrix products and convolutions")
     for name, dtype, bf16 in (("float32", torch.float32, False), ("bfloat16 autocast", torch.bfloat16, True)):
         rate = gemm_rate(dtype)
-        bilevel_iteration(lambda e, b=bf16: forward(e, b), net, opt, loss_fn, x, y)  # warm-up
+        bilevel_iteration(lambda e, b=bf16: autocast_forward(net, e, b), net, opt, loss_fn, x, y)  # warm-up
         measured = []
         for _ in range(steps):
             start = time.perf_counter()
-            bilevel_iteration(lambda e, b=bf16: forward(e, b), net, opt, loss_fn, x, y)
+            bilevel_iteration(lambda e, b=bf16: autocast_forward(net, e, b), net, opt, loss_fn, x, y)
             measured.append(time.perf_counter() - start)
         median = float(np.median(measured))
         print(
