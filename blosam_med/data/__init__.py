@@ -22,7 +22,8 @@ from blosam_med.data.dicom import (
 )
 from blosam_med.data.files import IMAGE_EXT, NIFTI_EXT, RASTER_EXT, case_id
 from blosam_med.data.keys import CaseKeys, PairKeys, Sample, SampleKeys, SourceKeys
-from blosam_med.data.loading import binarise, image_kind, load_pair, load_samples, mask_values, read_image
+from blosam_med.data.loading import binarise, load_pair, load_samples, mask_values
+from blosam_med.data.reading import image_kind, read_image
 from blosam_med.data.sampling import describe_draw, sample_shots, split_ab
 from blosam_med.data.slices import slice_spacing, slice_view, slices_to_volume, volume_to_slices
 from blosam_med.data.tasks import (

@@ -23,7 +23,8 @@ from monai.data import load_decathlon_datalist
 
 from blosam_med.data.dicom import is_dicom_file
 from blosam_med.data.files import IMAGE_EXT, case_id
-from blosam_med.data.loading import mask_values, read_image
+from blosam_med.data.loading import mask_values
+from blosam_med.data.reading import read_image
 from blosam_med.io import check_writable, write_json
 
 __all__ = [

@@ -15,7 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import HTJ2KLossless, RLELossless
 
 import blosam_med.data.dicom as dicom
-import blosam_med.data.loading as loading
+import blosam_med.data.reading as reading
 from blosam_med.data import check_dicom_file, read_image
 
 #: pydicom's decoders that this environment lacks (the messages name them only then).
@@ -88,7 +88,7 @@ def test_install_hints_follow_pydicom_per_syntax():
     assert dicom.install_hint(pydicom.uid.ExplicitVRLittleEndian) is None  # not compressed: nothing to install
 
 
-class _ITKWithoutDecoder(loading.ITKReader):
+class _ITKWithoutDecoder(reading.ITKReader):
     def read(self, data, **kwargs):
         raise RuntimeError("ITK ERROR: GDCMImageIO: Failed to change to Implicit Transfer Syntax")
 
@@ -107,7 +107,7 @@ def test_compressed_file_that_only_pydicom_decodes_is_read_by_pydicom(tmp_path, 
     ds.compress(RLELossless)
     ds.save_as(tmp_path / "rle.dcm")
     by_itk = read_image(tmp_path / "rle.dcm")
-    monkeypatch.setattr(loading, "ITKReader", _ITKWithoutDecoder)
+    monkeypatch.setattr(reading, "ITKReader", _ITKWithoutDecoder)
     by_pydicom = read_image(tmp_path / "rle.dcm")
     assert by_pydicom.shape == by_itk.shape == (1, 64, 64)
     np.testing.assert_array_equal(np.asarray(by_pydicom), np.asarray(by_itk))
@@ -115,6 +115,6 @@ def test_compressed_file_that_only_pydicom_decodes_is_read_by_pydicom(tmp_path, 
 
 
 def test_uncompressed_file_itk_cannot_read_is_not_read_another_way(monkeypatch):
-    monkeypatch.setattr(loading, "ITKReader", _ITKWithoutDecoder)
+    monkeypatch.setattr(reading, "ITKReader", _ITKWithoutDecoder)
     with pytest.raises(ValueError, match=r"MR_small.dcm: unreadable \(RuntimeError: ITK ERROR"):
         read_image(get_testdata_file("MR_small.dcm"))
