@@ -138,6 +138,13 @@ def _run_train(args: argparse.Namespace) -> int:
     if not data.exists():
         raise FileNotFoundError(f"{data}: datalist or data folder not found")
     device = _process_device(args.device) if args.distributed else resolve_device(args.device)
+    if args.amp:  # refused before any work (the fold processes would each refuse it)
+        from blosam_med.engine.trainer import bf16_autocast_kwargs
+
+        try:
+            bf16_autocast_kwargs({}, device)
+        except ValueError as err:
+            raise CLIError(f"--amp {args.amp}: {err}") from err
     check_output_folder(args.out)
     if data.is_file():
         open_datalist(None, data)  # a malformed datalist is refused before the run folder is made

@@ -180,7 +180,7 @@ class BiLevelTrainer(Trainer):
             amp_kwargs=amp_kwargs,
         )
         if amp:
-            self.amp_kwargs = _bf16_autocast(self.amp_kwargs, torch.device(device))
+            self.amp_kwargs = bf16_autocast_kwargs(self.amp_kwargs, torch.device(device))
         self.network = network
         self.optimizer = optimizer
         self.loss_function = _float_loss(loss_function) if amp else loss_function
@@ -321,7 +321,7 @@ class BiLevelTrainer(Trainer):
                 item[Keys.LOSS] = {"loss_joint": float(item[Keys.LOSS])}
 
 
-def _bf16_autocast(amp_kwargs: dict, device: torch.device) -> dict:
+def bf16_autocast_kwargs(amp_kwargs: dict, device: torch.device) -> dict:
     """``torch.autocast`` arguments for bfloat16 training; float16 and a CPU without native bf16 are refused."""
     kwargs = {**amp_kwargs, "dtype": amp_kwargs.get("dtype", torch.bfloat16)}
     if kwargs["dtype"] != torch.bfloat16:

@@ -257,3 +257,16 @@ def test_early_stopping_ends_training_rounds_after_the_best_on_b(synthetic_2d, t
     assert metrics["iterations"] == 6 and metrics["params"]["early_stop_patience"] == 2
     assert _train(synthetic_2d, tmp_path / "full", *common) == 0  # patience 0 (the default): every iteration
     assert json.loads((tmp_path / "full" / "metrics.json").read_text())["iterations"] == 40
+
+
+def test_amp_bf16_on_a_cpu_without_native_bfloat16_is_one_line_before_any_work(
+    synthetic_2d, tmp_path, monkeypatch, capsys
+):
+    import blosam_med.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_native_bf16_cpu", lambda: False)
+    out = tmp_path / "run"
+    assert _train(synthetic_2d, out, "--iterations", "2", "--amp", "bf16") == 2
+    err = capsys.readouterr().err
+    assert "--amp bf16: amp: this CPU has no native bfloat16" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
