@@ -44,17 +44,13 @@ import torch
 
 from blosam_med.data import load_samples
 from blosam_med.inference import CasePrediction, Predictor, load_adapters, preset_options, write_case
+from blosam_med.inference.int8 import mask_dice
 from blosam_med.model import EmbeddingCache
 from blosam_med.model.encoder_engines import export_encoder, installed_runtimes
 from blosam_med.model.shipped import shipped_adapter
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CT = "lung_ct/images/cip_copdgene_10002K_ct64.nii.gz"
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def infer_ct(
@@ -151,7 +147,9 @@ def agreement_2d(
                 raise SystemExit(f"{task}: engine {engine} fell back to {cache.engine.name}")
             predictor = Predictor(models, cache, batch_size=1, **preset_options(presets))
             masks[engine] = [m.numpy() for m in predictor.masks(images)]
-        smallest = {e: min(dice(a, b) for a, b in zip(masks[e], masks[engines[0]], strict=True)) for e in engines[1:]}
+        smallest = {
+            e: min(mask_dice(a, b) for a, b in zip(masks[e], masks[engines[0]], strict=True)) for e in engines[1:]
+        }
         print(
             f"{task:<10} {len(images):3d} images: " + ", ".join(f"{e} {d:.4f}" for e, d in smallest.items()), flush=True
         )
@@ -174,7 +172,7 @@ def benchmark_ct(volume: Path, engines: list[str], rounds: int, work: Path, expo
         peak = max(x["peak_mib"] for x in runs[e])
         print(
             f"{e:<14}{rate[e]:>10.2f}{rate[e] / rate[engines[0]]:>9.2f}x{wall:>9.1f}{peak:>10.0f}"
-            f"{dice(labels[e], labels[engines[0]]):>13.4f}"
+            f"{mask_dice(labels[e], labels[engines[0]]):>13.4f}"
         )
     read, write = read_write_seconds(volume, work / "read_write")
     case = statistics.median(x["record"]["seconds"] for x in runs[engines[0]])

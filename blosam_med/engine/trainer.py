@@ -156,6 +156,8 @@ class BiLevelTrainer(Trainer):
         amp_kwargs: dict | None = None,
     ) -> None:
         check_name("hypergradient", hypergradient)
+        if not isinstance(amp, bool):  # a bundle run's `--amp false` is the string 'false', which is truthy
+            raise ValueError(f"amp must be True or False, got {amp!r} (python -m monai.bundle run takes --amp True)")
         if distributed and not dist_utils.is_distributed():
             raise ValueError(
                 "distributed=True needs an initialised torch.distributed process group: run under "

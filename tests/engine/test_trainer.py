@@ -248,6 +248,8 @@ def test_bf16_autocast_runs_both_levels_in_bfloat16_and_keeps_float32_weights(
 def test_fp16_training_is_refused(tiny_backbone):
     with pytest.raises(ValueError, match="bfloat16 only.*not loss-scaled"):
         _trainer(tiny_backbone, amp=True, amp_kwargs={"dtype": torch.float16})
+    with pytest.raises(ValueError, match="amp must be True or False, got 'false'"):
+        _trainer(tiny_backbone, amp="false")  # fire's parse of `--amp false`: truthy, so refused, not run in bf16
 
 
 def test_bf16_on_a_cpu_without_native_bfloat16_is_refused(tiny_backbone, monkeypatch):
